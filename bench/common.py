@@ -1,0 +1,77 @@
+"""Shared pieces of the benchmark scripts: a throwaway etcd and timing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pinet.devstack.etcd import EtcdServer
+from pinet.etcd.client import Etcd, key_missing, op_put
+
+
+@contextlib.contextmanager
+def throwaway_etcd() -> Iterator[EtcdServer]:
+    with tempfile.TemporaryDirectory(prefix="pinet-bench-") as tmp:
+        server = EtcdServer(Path(tmp) / "etcd")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@dataclass
+class Rate:
+    ops: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def per_second(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return 0.0
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def summary(self) -> str:
+        return f"{self.per_second:9.0f}/s  p50 {self.pct(0.5):6.2f} ms  p99 {self.pct(0.99):6.2f} ms"
+
+
+async def run_concurrent(concurrency: int, total: int, op: Callable[[int], Awaitable[None]]) -> Rate:
+    """Run op(i) for i in range(total) with `concurrency` workers."""
+    counter = iter(range(total))
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for i in counter:
+            t0 = time.perf_counter()
+            await op(i)
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Rate(total, time.perf_counter() - start, latencies)
+
+
+async def raw_txn_rate(etcd: Etcd, concurrency: int, total: int, tag: str) -> Rate:
+    """The reference: create-if-absent transactions straight to etcd, one
+    per operation, from this process's etcd client."""
+
+    async def op(i: int) -> None:
+        key = f"/bench/raw/{tag}/{i}".encode()
+        await etcd.txn([key_missing(key)], [op_put(key, b"x" * 64)])
+
+    return await run_concurrent(concurrency, total, op)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0

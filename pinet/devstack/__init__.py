@@ -1,0 +1,1 @@
+"""The local development stack: etcd and every service as supervised processes."""

@@ -1,0 +1,193 @@
+"""`pinet stack`: etcd and every service as supervised child processes.
+
+It starts etcd (data under .pinet/ in the checkout), then each service, waits
+until every one reports SERVING over gRPC health checking, prints where each
+listens, restarts a service that dies, and on Ctrl-C or SIGTERM stops them
+all (services first, etcd last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pinet.devstack.etcd import EtcdServer
+from pinet.runtime.config import EnvArgumentParser
+from pinet.runtime.probe import wait_serving
+
+log = logging.getLogger("pinet.stack")
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    module: str
+    listen: str
+    metrics: str
+    extra: list[str] = field(default_factory=list)
+
+    def command(self, etcd: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            f"pinet.services.{self.module}",
+            "--etcd",
+            etcd,
+            "--listen",
+            self.listen,
+            "--metrics",
+            self.metrics,
+            *self.extra,
+        ]
+
+
+def default_services(host: str = "127.0.0.1") -> list[ServiceSpec]:
+    return [
+        ServiceSpec("ipam", "ipam", f"{host}:7701", f"{host}:9701"),
+        ServiceSpec("network", "network", f"{host}:7700", f"{host}:9700"),
+        ServiceSpec("dns", "dns", f"{host}:7702", f"{host}:9702"),
+        ServiceSpec(
+            "netagent-1", "netagent", f"{host}:7711", f"{host}:9711", ["--node-name", "pinet-host-1"]
+        ),
+        ServiceSpec("lb-1", "lb", f"{host}:7721", f"{host}:9721", ["--node-name", "pinet-host-1"]),
+        ServiceSpec(
+            "netagent-2", "netagent", f"{host}:7712", f"{host}:9712", ["--node-name", "pinet-host-2"]
+        ),
+        ServiceSpec("lb-2", "lb", f"{host}:7722", f"{host}:9722", ["--node-name", "pinet-host-2"]),
+    ]
+
+
+class Supervised:
+    """One child service, restarted with backoff when it dies."""
+
+    def __init__(self, spec: ServiceSpec, etcd: str, log_dir: Path) -> None:
+        self.spec = spec
+        self.etcd = etcd
+        self.log_path = log_dir / f"{spec.name}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False
+        self.restarts = 0
+
+    async def start(self) -> None:
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a local append, instant
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.spec.command(self.etcd),
+                stdout=out,
+                stderr=out,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=dict(os.environ, PINET_LOG_FORMAT="json"),
+                start_new_session=True,
+            )
+
+    async def supervise(self) -> None:
+        backoff = 0.5
+        while not self.stopping:
+            assert self.proc is not None
+            code = await self.proc.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            log.warning(
+                "%s exited with %s; restarting in %.1fs (log: %s)",
+                self.spec.name,
+                code,
+                backoff,
+                self.log_path,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10)
+            if not self.stopping:
+                await self.start()
+
+    async def stop(self, grace: float = 8.0) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            log.warning("%s did not stop in %.0fs; killing it", self.spec.name, grace)
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def run_stack(args: argparse.Namespace) -> int:
+    state: Path = args.state_dir
+    log_dir = state / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    etcd = EtcdServer(
+        state / "etcd", args.etcd_port, args.etcd_port + 1, log_dir / "etcd.log", name="pinet-dev"
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
+    await asyncio.to_thread(etcd.start)
+    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in default_services()]
+    watchers: list[asyncio.Task[None]] = []
+    try:
+        for child in children:
+            await child.start()
+        waiting = asyncio.gather(*(wait_serving(c.spec.listen, args.start_timeout) for c in children))
+        stopped = asyncio.create_task(stop.wait())
+        first: set[asyncio.Future[Any]] = {waiting, stopped}
+        done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        if stopped in done:
+            waiting.cancel()
+            with contextlib.suppress(BaseException):
+                await waiting
+            return 130
+        waiting.result()
+        watchers = [asyncio.create_task(c.supervise()) for c in children]
+        print_table(etcd, children, log_dir)
+        if args.exit_when_ready:
+            return 0
+        await stopped
+        return 0
+    except TimeoutError as exc:
+        print(f"pinet stack: {exc}; see the logs in {log_dir}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("stopping the pinet stack ...", flush=True)
+        for child in reversed(children):
+            await child.stop()
+        for w in watchers:
+            w.cancel()
+        await asyncio.to_thread(etcd.stop)
+        print("stopped", flush=True)
+
+
+def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> None:
+    rows = [("etcd", etcd.endpoint, "-", "SERVING")]
+    rows += [(c.spec.name, c.spec.listen, f"http://{c.spec.metrics}/metrics", "SERVING") for c in children]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("SERVICE", "GRPC", "METRICS", "STATUS")
+    width = [max(w, len(h)) for w, h in zip(width, header, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(col.ljust(w) for col, w in zip(row, width, strict=True)).rstrip(), flush=True)
+    print(f"\nlogs: {log_dir}\n`pi` talks to 127.0.0.1:7700. Press Ctrl-C to stop everything.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = EnvArgumentParser(prog="pinet stack", description="Run the whole pinet stack locally.")
+    parser.add_argument("--state-dir", default=".pinet", help="where etcd data and logs live")
+    parser.add_argument("--etcd-port", type=int, default=12379, help="etcd client port (peer port is +1)")
+    parser.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for SERVING")
+    parser.add_argument(
+        "--exit-when-ready", action="store_true", help="stop again once everything is serving (a smoke test)"
+    )
+    args = parser.parse_args(argv)
+    args.state_dir = Path(args.state_dir).resolve()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s stack %(levelname)s %(message)s")
+    return asyncio.run(run_stack(args))

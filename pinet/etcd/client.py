@@ -1,0 +1,468 @@
+"""A small asyncio etcd v3 client for pinet.
+
+aetcd provides the connection and the generated etcd v3 stubs. pinet calls the
+stubs directly for the four things its higher-level methods do not offer:
+paged ranges pinned to one revision, transactions comparing on create/mod
+revision with their response revision, a watch stream that reports progress
+notifications and compaction, and a long-lived lease keep-alive stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlparse
+
+import aetcd
+import grpc
+from aetcd import rpc
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_CHANNEL_OPTIONS: dict[str, Any] = {
+    "grpc.max_receive_message_length": 256 * 1024 * 1024,
+    "grpc.max_send_message_length": 16 * 1024 * 1024,
+    # Reconnect quickly after an etcd restart instead of gRPC's 120 s cap.
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.min_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 1000,
+    # Notice a dead peer on an idle watch stream.
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+}
+
+_UNAVAILABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+}
+
+
+class EtcdError(Exception):
+    """An etcd call failed for a reason other than availability."""
+
+
+class EtcdUnavailable(EtcdError):
+    """etcd could not be reached (restarting, partitioned or down)."""
+
+
+class Compacted(EtcdError):
+    """The requested revision is older than etcd's compacted history."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted; oldest available is {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() in _UNAVAILABLE_CODES:
+            return EtcdUnavailable(f"etcd unavailable: {exc.code().name}: {exc.details()}")
+        if exc.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (exc.details() or ""):
+            return Compacted(0)
+        return EtcdError(f"etcd: {exc.code().name}: {exc.details()}")
+    if isinstance(exc, aetcd.exceptions.ConnectionFailedError | aetcd.exceptions.ConnectionTimeoutError):
+        return EtcdUnavailable(str(exc))
+    if isinstance(exc, aetcd.exceptions.ClientError):
+        return EtcdError(str(exc))
+    return exc
+
+
+def _etcd_call(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as exc:
+            raise _translate(exc) from exc
+
+    return wrapper
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that selects every key starting with prefix."""
+    end = bytearray(prefix)
+    for i in reversed(range(len(end))):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_pb(cls, kv: Any) -> KeyValue:
+        return cls(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    deleted: bool
+    kv: KeyValue
+    prev: KeyValue | None
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """One watch response. An empty batch is a progress notification: every
+    change up to `revision` has been delivered."""
+
+    revision: int
+    events: tuple[WatchEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # One entry per operation of the branch that ran: a list of KeyValue for
+    # a range, the number of deleted keys for a delete, None for a put.
+    results: tuple[list[KeyValue] | int | None, ...]
+
+
+# ------------------------------------------------------------ txn builders
+
+
+def _compare(key: bytes, target: int, result: int, **value: Any) -> Any:
+    return rpc.Compare(key=key, target=target, result=result, **value)
+
+
+def key_missing(key: bytes) -> Any:
+    """Compare: key does not exist (create_revision == 0)."""
+    return _compare(key, rpc.Compare.CREATE, rpc.Compare.EQUAL, create_revision=0)
+
+
+def key_exists(key: bytes) -> Any:
+    return _compare(key, rpc.Compare.CREATE, rpc.Compare.GREATER, create_revision=0)
+
+
+def mod_revision_is(key: bytes, revision: int) -> Any:
+    """Compare: key was last written at revision (0 means: key absent)."""
+    return _compare(key, rpc.Compare.MOD, rpc.Compare.EQUAL, mod_revision=revision)
+
+
+def create_revision_is(key: bytes, revision: int) -> Any:
+    return _compare(key, rpc.Compare.CREATE, rpc.Compare.EQUAL, create_revision=revision)
+
+
+def value_is(key: bytes, value: bytes) -> Any:
+    return _compare(key, rpc.Compare.VALUE, rpc.Compare.EQUAL, value=value)
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
+    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
+
+
+def op_delete(key: bytes) -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+
+
+def op_delete_prefix(prefix: bytes) -> Any:
+    return rpc.RequestOp(
+        request_delete_range=rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix))
+    )
+
+
+def op_get(key: bytes) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """'http://127.0.0.1:12379' or '127.0.0.1:12379' -> (host, port)."""
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "") or not parsed.hostname:
+        raise ValueError(f"etcd endpoint must look like http://host:port, got {url!r}")
+    return parsed.hostname, parsed.port or 2379
+
+
+class Etcd:
+    """One connection to etcd. Safe to share between tasks."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        host, port = parse_endpoint(endpoint)
+        self._client = aetcd.Client(host=host, port=port, timeout=None, options=_CHANNEL_OPTIONS)
+        self._kv: Any = None
+        self._watch: Any = None
+        self._lease: Any = None
+        self._maintenance: Any = None
+
+    async def connect(self) -> Etcd:
+        await self._client.connect()
+        self._kv = self._client.kvstub
+        self._lease = self._client.leasestub
+        self._maintenance = self._client.maintenancestub
+        self._watch = rpc.WatchStub(self._client.channel)
+        return self
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Etcd:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until etcd answers, or raise EtcdUnavailable."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self.current_revision()
+                return
+            except EtcdUnavailable:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------- reads
+
+    @_etcd_call
+    async def get(self, key: bytes) -> KeyValue | None:
+        resp = await self._kv.Range(rpc.RangeRequest(key=key), timeout=self.timeout)
+        return KeyValue.from_pb(resp.kvs[0]) if resp.kvs else None
+
+    @_etcd_call
+    async def current_revision(self) -> int:
+        resp = await self._kv.Range(
+            rpc.RangeRequest(key=b"\0", count_only=True, serializable=False), timeout=self.timeout
+        )
+        return int(resp.header.revision)
+
+    @_etcd_call
+    async def count_prefix(self, prefix: bytes) -> int:
+        resp = await self._kv.Range(
+            rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), count_only=True),
+            timeout=self.timeout,
+        )
+        return int(resp.count)
+
+    @_etcd_call
+    async def list_page(
+        self, prefix: bytes, start: bytes = b"", limit: int = 500, revision: int = 0, keys_only: bool = False
+    ) -> tuple[list[KeyValue], bool, int]:
+        """One page of keys under prefix, from start (inclusive).
+        Returns (items, more, revision)."""
+        resp = await self._kv.Range(
+            rpc.RangeRequest(
+                key=start or prefix,
+                range_end=prefix_end(prefix),
+                limit=limit,
+                revision=revision,
+                keys_only=keys_only,
+            ),
+            timeout=self.timeout,
+        )
+        return [KeyValue.from_pb(kv) for kv in resp.kvs], bool(resp.more), int(resp.header.revision)
+
+    async def list_prefix(
+        self, prefix: bytes, page_size: int = 2000, revision: int = 0, keys_only: bool = False
+    ) -> tuple[list[KeyValue], int]:
+        """Every key under prefix as of one revision, read in pages so that no
+        single response grows past gRPC's message limits. Returns
+        (items, revision)."""
+        items: list[KeyValue] = []
+        start = b""
+        while True:
+            page, more, rev = await self.list_page(prefix, start, page_size, revision, keys_only)
+            if revision == 0:
+                revision = rev
+            items.extend(page)
+            if not more or not page:
+                return items, revision
+            start = page[-1].key + b"\0"
+
+    # ------------------------------------------------------------ writes
+
+    @_etcd_call
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        resp = await self._kv.Put(rpc.PutRequest(key=key, value=value, lease=lease), timeout=self.timeout)
+        return int(resp.header.revision)
+
+    @_etcd_call
+    async def delete(self, key: bytes) -> int:
+        resp = await self._kv.DeleteRange(rpc.DeleteRangeRequest(key=key), timeout=self.timeout)
+        return int(resp.deleted)
+
+    @_etcd_call
+    async def delete_prefix(self, prefix: bytes) -> int:
+        resp = await self._kv.DeleteRange(
+            rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix)), timeout=self.timeout
+        )
+        return int(resp.deleted)
+
+    @_etcd_call
+    async def txn(
+        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
+    ) -> TxnResult:
+        resp = await self._kv.Txn(
+            rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)),
+            timeout=self.timeout,
+        )
+        results: list[list[KeyValue] | int | None] = []
+        for r in resp.responses:
+            which = r.WhichOneof("response")
+            if which == "response_range":
+                results.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
+            elif which == "response_delete_range":
+                results.append(int(r.response_delete_range.deleted))
+            else:
+                results.append(None)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(results))
+
+    async def create(self, key: bytes, value: bytes, lease: int = 0) -> int | None:
+        """Create key if absent. Returns the revision, or None if it existed."""
+        res = await self.txn([key_missing(key)], [op_put(key, value, lease)])
+        return res.revision if res.succeeded else None
+
+    async def update(self, key: bytes, value: bytes, mod_revision: int, lease: int = 0) -> int | None:
+        """Replace key if it is unchanged since mod_revision. Returns the new
+        revision, or None if someone else wrote (or deleted) it first."""
+        res = await self.txn([mod_revision_is(key, mod_revision)], [op_put(key, value, lease)])
+        return res.revision if res.succeeded else None
+
+    async def delete_if(self, key: bytes, mod_revision: int) -> bool:
+        """Delete key if it is unchanged since mod_revision."""
+        res = await self.txn([mod_revision_is(key, mod_revision)], [op_delete(key)])
+        return res.succeeded
+
+    @_etcd_call
+    async def compact(self, revision: int, physical: bool = True) -> None:
+        await self._kv.Compact(rpc.CompactionRequest(revision=revision, physical=physical), timeout=30)
+
+    # ------------------------------------------------------------ leases
+
+    @_etcd_call
+    async def grant(self, ttl: int) -> int:
+        resp = await self._lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl), timeout=self.timeout)
+        if resp.error:
+            raise EtcdError(f"lease grant failed: {resp.error}")
+        return int(resp.ID)
+
+    @_etcd_call
+    async def revoke(self, lease: int) -> None:
+        try:
+            await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    @_etcd_call
+    async def lease_ttl(self, lease: int) -> int:
+        """Remaining TTL in seconds; -1 when the lease no longer exists."""
+        resp = await self._lease.LeaseTimeToLive(rpc.LeaseTimeToLiveRequest(ID=lease), timeout=self.timeout)
+        return int(resp.TTL)
+
+    async def keepalive(self, lease: int, interval: float) -> AsyncIterator[int]:
+        """Refresh lease every interval seconds on one stream; yields the
+        granted TTL after each refresh (<= 0 means the lease is gone)."""
+
+        async def requests() -> AsyncIterator[Any]:
+            while True:
+                yield rpc.LeaseKeepAliveRequest(ID=lease)
+                await asyncio.sleep(interval)
+
+        call = self._lease.LeaseKeepAlive(requests())
+        try:
+            async for resp in call:
+                yield int(resp.TTL)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            call.cancel()
+
+    # ------------------------------------------------------------- watch
+
+    async def watch(
+        self,
+        prefix: bytes,
+        start_revision: int,
+        progress_notify: bool = True,
+        prev_kv: bool = False,
+    ) -> AsyncIterator[WatchBatch]:
+        """Changes under prefix from start_revision (inclusive), in order.
+
+        With progress_notify, etcd's periodic progress notifications arrive as
+        empty batches. (Requested progress notifications are not used: before
+        etcd 3.4.25 / 3.5.8 they can report a revision ahead of events still
+        in flight, etcd-io/etcd#15220.)
+
+        Raises Compacted when start_revision is older than etcd's history and
+        EtcdUnavailable when the stream breaks; the caller resumes from the
+        last revision it saw plus one."""
+        stop = asyncio.Event()
+
+        async def requests() -> AsyncIterator[Any]:
+            yield rpc.WatchRequest(
+                create_request=rpc.WatchCreateRequest(
+                    key=prefix,
+                    range_end=prefix_end(prefix),
+                    start_revision=start_revision,
+                    progress_notify=progress_notify,
+                    prev_kv=prev_kv,
+                )
+            )
+            # Keep the send side open: closing it would end the stream.
+            await stop.wait()
+
+        call = self._watch.Watch(requests())
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise Compacted(int(resp.compact_revision))
+                if resp.canceled:
+                    raise EtcdError(f"watch canceled by etcd: {resp.cancel_reason or 'no reason given'}")
+                if resp.created and not resp.events:
+                    continue
+                events = tuple(
+                    WatchEvent(
+                        deleted=ev.type == rpc.Event.DELETE,
+                        kv=KeyValue.from_pb(ev.kv),
+                        prev=KeyValue.from_pb(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                    )
+                    for ev in resp.events
+                )
+                # With events the safe resume point is the last event: etcd
+                # may stamp a catch-up batch with a later header revision.
+                revision = events[-1].kv.mod_revision if events else int(resp.header.revision)
+                yield WatchBatch(revision, events)
+            raise EtcdUnavailable("etcd closed the watch stream")
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        finally:
+            stop.set()
+            call.cancel()
+
+
+@contextlib.asynccontextmanager
+async def connect(endpoint: str, timeout: float = 5.0) -> AsyncIterator[Etcd]:
+    etcd = Etcd(endpoint, timeout)
+    await etcd.connect()
+    try:
+        yield etcd
+    finally:
+        await etcd.close()

@@ -1,0 +1,97 @@
+"""The typed keyspace: where each kind of object lives in etcd.
+
+Every value is the protobuf encoding of the kind's API message; keys are
+`/pinet/v1/<kind>/<scope...>/<name>` with each part free of '/'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from pinet.ipam.v1 import ipam_pb2
+from pinet.network.v1 import objects_pb2
+
+ROOT = "/pinet/v1/"
+
+M = TypeVar("M", bound=Message)
+
+
+class KeyspaceError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Kind(Generic[M]):
+    """A kind of object stored under one prefix, scoped by `scope` key parts
+    (for example tenant and namespace) before the object's name."""
+
+    name: str
+    message: type[M]
+    scope: tuple[str, ...] = ()
+
+    @property
+    def prefix(self) -> bytes:
+        return f"{ROOT}{self.name}/".encode()
+
+    def key(self, *parts: str) -> bytes:
+        if len(parts) != len(self.scope) + 1:
+            raise KeyspaceError(f"{self.name} key needs {(*self.scope, 'name')}, got {parts}")
+        return self.prefix + "/".join(_check_part(p) for p in parts).encode()
+
+    def scope_prefix(self, *parts: str) -> bytes:
+        """Prefix selecting every object inside the first len(parts) scopes."""
+        if len(parts) > len(self.scope):
+            raise KeyspaceError(f"{self.name} has scopes {self.scope}, got {parts}")
+        if not parts:
+            return self.prefix
+        return self.prefix + "".join(_check_part(p) + "/" for p in parts).encode()
+
+    def parts(self, key: bytes) -> tuple[str, ...]:
+        """The scope parts and name of a key of this kind."""
+        if not key.startswith(self.prefix):
+            raise KeyspaceError(f"{key!r} is not a {self.name} key")
+        parts = tuple(key[len(self.prefix) :].decode().split("/"))
+        if len(parts) != len(self.scope) + 1:
+            raise KeyspaceError(f"{key!r} does not have the shape of a {self.name} key")
+        return parts
+
+    def encode(self, obj: M) -> bytes:
+        return obj.SerializeToString(deterministic=True)
+
+    def decode(self, data: bytes) -> M:
+        obj = self.message()
+        try:
+            obj.ParseFromString(data)
+        except DecodeError as exc:
+            raise KeyspaceError(f"undecodable {self.name} value: {exc}") from exc
+        return obj
+
+
+def _check_part(part: str) -> str:
+    if not part or "/" in part or part in (".", ".."):
+        raise KeyspaceError(f"invalid key part {part!r}")
+    return part
+
+
+TENANTS = Kind("tenants", objects_pb2.Tenant)
+NODES = Kind("nodes", objects_pb2.Node)
+PODS = Kind("pods", objects_pb2.Pod, ("tenant", "namespace"))
+DEPLOYMENTS = Kind("deployments", objects_pb2.Deployment, ("tenant", "namespace"))
+SERVICES = Kind("services", objects_pb2.Service, ("tenant", "namespace"))
+ENDPOINTS = Kind("endpoints", objects_pb2.Endpoints, ("tenant", "namespace"))
+FLOATING_IPS = Kind("floatingips", objects_pb2.FloatingIP)
+IPAM_POOLS = Kind("ipam/pools", ipam_pb2.Pool)
+# One key per allocated address: the claim that makes an address unique.
+IPAM_ADDRESSES = Kind("ipam/addresses", ipam_pb2.Allocation, ("pool",))
+# One key per owner handle, holding the same allocation: makes retries
+# idempotent and lets release-by-owner find the address without a scan.
+IPAM_HANDLES = Kind("ipam/handles", ipam_pb2.Allocation, ("pool",))
+
+LEADER_PREFIX = f"{ROOT}leader/"
+
+
+def leader_key(name: str) -> bytes:
+    return f"{LEADER_PREFIX}{_check_part(name)}".encode()

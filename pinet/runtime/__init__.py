@@ -1,0 +1,1 @@
+"""What every pinet service shares: config, logging, metrics, the gRPC server."""

@@ -1,0 +1,3 @@
+from pinet.services.dns.app import main
+
+main()

@@ -1,0 +1,3 @@
+from pinet.services.ipam.app import main
+
+main()

@@ -1,0 +1,3 @@
+from pinet.services.lb.app import main
+
+main()

@@ -1,0 +1,3 @@
+from pinet.services.netagent.app import main
+
+main()

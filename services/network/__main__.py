@@ -1,0 +1,3 @@
+from pinet.services.network.app import main
+
+main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real etcd server per session, and fresh ones on demand."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pinet.devstack.etcd import EtcdServer
+from pinet.etcd.client import Etcd
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_etcd_server(tmp_path: Path) -> Iterator[Callable[[], EtcdServer]]:
+    """Start an etcd of the test's own, for tests that restart or compact it."""
+    servers: list[EtcdServer] = []
+
+    def make() -> EtcdServer:
+        server = EtcdServer(tmp_path / f"etcd{len(servers)}")
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(kill=True)
+
+
+@pytest.fixture
+async def etcd(etcd_server: EtcdServer) -> AsyncIterator[Etcd]:
+    client = await Etcd(etcd_server.endpoint).connect()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def prefix() -> bytes:
+    """A key prefix of the test's own inside the shared etcd."""
+    return f"/pinet-test/{uuid.uuid4().hex[:12]}/".encode()

@@ -1,0 +1,65 @@
+"""Start pinet services as real processes for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from pinet.devstack.etcd import free_port
+from pinet.runtime.probe import wait_serving
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class ServiceProcess:
+    def __init__(
+        self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None
+    ) -> None:
+        self.service = service
+        self.etcd = etcd
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.args = list(args)
+        self.env = env or {}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 30.0) -> ServiceProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"pinet.services.{self.service}",
+            "--etcd",
+            self.etcd,
+            "--listen",
+            self.address,
+            "--log-format",
+            "text",
+            *self.args,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_serving(self.address, timeout)
+        except TimeoutError:
+            await self.kill()
+            raise
+        return self
+
+    async def terminate(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        self.stderr = err.decode()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.communicate()
