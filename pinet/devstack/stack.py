@@ -49,19 +49,18 @@ class ServiceSpec:
         ]
 
 
-def default_services(host: str = "127.0.0.1") -> list[ServiceSpec]:
+def default_services(host: str = "127.0.0.1", offset: int = 0) -> list[ServiceSpec]:
+    def at(port: int) -> str:
+        return f"{host}:{port + offset}"
+
     return [
-        ServiceSpec("ipam", "ipam", f"{host}:7701", f"{host}:9701"),
-        ServiceSpec("network", "network", f"{host}:7700", f"{host}:9700"),
-        ServiceSpec("dns", "dns", f"{host}:7702", f"{host}:9702"),
-        ServiceSpec(
-            "netagent-1", "netagent", f"{host}:7711", f"{host}:9711", ["--node-name", "pinet-host-1"]
-        ),
-        ServiceSpec("lb-1", "lb", f"{host}:7721", f"{host}:9721", ["--node-name", "pinet-host-1"]),
-        ServiceSpec(
-            "netagent-2", "netagent", f"{host}:7712", f"{host}:9712", ["--node-name", "pinet-host-2"]
-        ),
-        ServiceSpec("lb-2", "lb", f"{host}:7722", f"{host}:9722", ["--node-name", "pinet-host-2"]),
+        ServiceSpec("ipam", "ipam", at(7701), at(9701)),
+        ServiceSpec("network", "network", at(7700), at(9700)),
+        ServiceSpec("dns", "dns", at(7702), at(9702)),
+        ServiceSpec("netagent-1", "netagent", at(7711), at(9711), ["--node-name", "pinet-host-1"]),
+        ServiceSpec("lb-1", "lb", at(7721), at(9721), ["--node-name", "pinet-host-1"]),
+        ServiceSpec("netagent-2", "netagent", at(7712), at(9712), ["--node-name", "pinet-host-2"]),
+        ServiceSpec("lb-2", "lb", at(7722), at(9722), ["--node-name", "pinet-host-2"]),
     ]
 
 
@@ -134,7 +133,9 @@ async def run_stack(args: argparse.Namespace) -> int:
 
     print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
     await asyncio.to_thread(etcd.start)
-    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in default_services()]
+    children = [
+        Supervised(spec, etcd.endpoint, log_dir) for spec in default_services(offset=args.port_offset)
+    ]
     watchers: list[asyncio.Task[None]] = []
     try:
         for child in children:
@@ -176,13 +177,17 @@ def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> 
     width = [max(w, len(h)) for w, h in zip(width, header, strict=True)]
     for row in (header, *rows):
         print("  ".join(col.ljust(w) for col, w in zip(row, width, strict=True)).rstrip(), flush=True)
-    print(f"\nlogs: {log_dir}\n`pi` talks to 127.0.0.1:7700. Press Ctrl-C to stop everything.", flush=True)
+    api = next(c.spec.listen for c in children if c.spec.name == "network")
+    print(f"\nlogs: {log_dir}\n`pi` talks to {api}. Press Ctrl-C to stop everything.", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = EnvArgumentParser(prog="pinet stack", description="Run the whole pinet stack locally.")
     parser.add_argument("--state-dir", default=".pinet", help="where etcd data and logs live")
     parser.add_argument("--etcd-port", type=int, default=12379, help="etcd client port (peer port is +1)")
+    parser.add_argument(
+        "--port-offset", type=int, default=0, help="added to every service port (to run a second stack)"
+    )
     parser.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for SERVING")
     parser.add_argument(
         "--exit-when-ready", action="store_true", help="stop again once everything is serving (a smoke test)"
