@@ -123,9 +123,7 @@ async def run_stack(args: argparse.Namespace) -> int:
     state: Path = args.state_dir
     log_dir = state / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    etcd = EtcdServer(
-        state / "etcd", args.etcd_port, args.etcd_port + 1, log_dir / "etcd.log", name="pinet-dev"
-    )
+    etcd = EtcdServer(state / "etcd", args.etcd_port, args.etcd_port + 1, log_dir / "etcd.log", name="pinet-dev")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -133,9 +131,7 @@ async def run_stack(args: argparse.Namespace) -> int:
 
     print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
     await asyncio.to_thread(etcd.start)
-    children = [
-        Supervised(spec, etcd.endpoint, log_dir) for spec in default_services(offset=args.port_offset)
-    ]
+    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in default_services(offset=args.port_offset)]
     watchers: list[asyncio.Task[None]] = []
     try:
         for child in children:

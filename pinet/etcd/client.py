@@ -138,8 +138,32 @@ class TxnResult:
     succeeded: bool
     revision: int
     # One entry per operation of the branch that ran: a list of KeyValue for
-    # a range, the number of deleted keys for a delete, None for a put.
-    results: tuple[list[KeyValue] | int | None, ...]
+    # a range, the number of deleted keys for a delete, None for a put, a
+    # TxnResult for a nested transaction.
+    results: tuple[list[KeyValue] | int | TxnResult | None, ...]
+
+    @classmethod
+    def from_pb(cls, resp: Any, revision: int = 0) -> TxnResult:
+        revision = revision or int(resp.header.revision)
+        results: list[list[KeyValue] | int | TxnResult | None] = []
+        for r in resp.responses:
+            which = r.WhichOneof("response")
+            if which == "response_range":
+                results.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
+            elif which == "response_delete_range":
+                results.append(int(r.response_delete_range.deleted))
+            elif which == "response_txn":
+                results.append(TxnResult.from_pb(r.response_txn, revision))
+            else:
+                results.append(None)
+        return cls(bool(resp.succeeded), revision, tuple(results))
+
+    def kvs(self, index: int) -> list[KeyValue]:
+        """The key-values of the range operation at index."""
+        result = self.results[index]
+        if not isinstance(result, list):
+            raise TypeError(f"operation {index} was not a range")
+        return result
 
 
 # ------------------------------------------------------------ txn builders
@@ -156,6 +180,29 @@ def key_missing(key: bytes) -> Any:
 
 def key_exists(key: bytes) -> Any:
     return _compare(key, rpc.Compare.CREATE, rpc.Compare.GREATER, create_revision=0)
+
+
+def prefix_empty(prefix: bytes) -> Any:
+    """Compare: no key exists under prefix."""
+    return rpc.Compare(
+        key=prefix,
+        range_end=prefix_end(prefix),
+        target=rpc.Compare.CREATE,
+        result=rpc.Compare.EQUAL,
+        create_revision=0,
+    )
+
+
+def unchanged_since(prefix: bytes, revision: int) -> Any:
+    """Compare: no key under prefix was created or changed after revision
+    (deletions are not seen)."""
+    return rpc.Compare(
+        key=prefix,
+        range_end=prefix_end(prefix),
+        target=rpc.Compare.MOD,
+        result=rpc.Compare.LESS,
+        mod_revision=revision + 1,
+    )
 
 
 def mod_revision_is(key: bytes, revision: int) -> Any:
@@ -180,13 +227,22 @@ def op_delete(key: bytes) -> Any:
 
 
 def op_delete_prefix(prefix: bytes) -> Any:
-    return rpc.RequestOp(
-        request_delete_range=rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix))
-    )
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=prefix, range_end=prefix_end(prefix)))
 
 
 def op_get(key: bytes) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
+
+
+def op_get_prefix(prefix: bytes, limit: int = 0) -> Any:
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix), limit=limit))
+
+
+def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
+    """A nested transaction, as one operation of an enclosing one."""
+    return rpc.RequestOp(
+        request_txn=rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure))
+    )
 
 
 def parse_endpoint(url: str) -> tuple[str, int]:
@@ -316,23 +372,12 @@ class Etcd:
         return int(resp.deleted)
 
     @_etcd_call
-    async def txn(
-        self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()
-    ) -> TxnResult:
+    async def txn(self, compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> TxnResult:
         resp = await self._kv.Txn(
             rpc.TxnRequest(compare=list(compare), success=list(success), failure=list(failure)),
             timeout=self.timeout,
         )
-        results: list[list[KeyValue] | int | None] = []
-        for r in resp.responses:
-            which = r.WhichOneof("response")
-            if which == "response_range":
-                results.append([KeyValue.from_pb(kv) for kv in r.response_range.kvs])
-            elif which == "response_delete_range":
-                results.append(int(r.response_delete_range.deleted))
-            else:
-                results.append(None)
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(results))
+        return TxnResult.from_pb(resp)
 
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> int | None:
         """Create key if absent. Returns the revision, or None if it existed."""

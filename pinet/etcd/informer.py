@@ -100,6 +100,9 @@ class Informer(Generic[T]):
     def keys(self) -> list[bytes]:
         return list(self._cache)
 
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(list(self._cache))
+
     def __len__(self) -> int:
         return len(self._cache)
 

@@ -82,7 +82,11 @@ PODS = Kind("pods", objects_pb2.Pod, ("tenant", "namespace"))
 DEPLOYMENTS = Kind("deployments", objects_pb2.Deployment, ("tenant", "namespace"))
 SERVICES = Kind("services", objects_pb2.Service, ("tenant", "namespace"))
 ENDPOINTS = Kind("endpoints", objects_pb2.Endpoints, ("tenant", "namespace"))
-FLOATING_IPS = Kind("floatingips", objects_pb2.FloatingIP)
+# Heartbeat of a node's agent: the key lives only while the agent's lease
+# does, so its disappearance means the host stopped answering.
+NODE_LEASES = Kind("nodeleases", objects_pb2.Node)
+# One key per service using a floating IP: name "<tenant>.<namespace>.<service>".
+FIP_BINDINGS = Kind("fipbindings", objects_pb2.FloatingIPBinding, ("address",))
 IPAM_POOLS = Kind("ipam/pools", ipam_pb2.Pool)
 # One key per allocated address: the claim that makes an address unique.
 IPAM_ADDRESSES = Kind("ipam/addresses", ipam_pb2.Allocation, ("pool",))

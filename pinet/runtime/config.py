@@ -41,17 +41,13 @@ class EnvArgumentParser(argparse.ArgumentParser):
 def add_common_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
     parser.add_argument("--etcd", default="http://127.0.0.1:12379", help="etcd endpoint URL")
     parser.add_argument("--listen", default=default_listen, help="gRPC listen address host:port")
-    parser.add_argument(
-        "--metrics", default="", help="Prometheus /metrics listen address host:port (empty: off)"
-    )
+    parser.add_argument("--metrics", default="", help="Prometheus /metrics listen address host:port (empty: off)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
     parser.add_argument("--log-format", default="json", choices=["json", "text"], help="log line format")
     parser.add_argument(
         "--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM"
     )
-    parser.add_argument(
-        "--node-name", default=os.uname().nodename, help="this host's node name (agents) or replica id"
-    )
+    parser.add_argument("--node-name", default=os.uname().nodename, help="this host's node name (agents) or replica id")
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:

@@ -42,16 +42,29 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every call by status code and times unary calls."""
 
+    def __init__(self) -> None:
+        # One wrapped handler per method, built on its first call: wrapping
+        # per call would cost every call an allocation and a lookup.
+        self._wrapped: dict[str, Any] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
-        handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        _, _, full = handler_call_details.method.partition("/")
+        wrapped = self._wrapped.get(handler_call_details.method)
+        if wrapped is None:
+            handler: Any = await continuation(handler_call_details)
+            if handler is None:
+                return handler
+            wrapped = self._wrapped[handler_call_details.method] = self._wrap(handler_call_details.method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: Any) -> Any:
+        _, _, full = full_method.partition("/")
         service, _, method = full.partition("/")
+        latency = GRPC_LATENCY.labels(service, method)
+        ok = GRPC_HANDLED.labels(service, method, "OK")
         if handler.unary_unary:
             inner = handler.unary_unary
 
@@ -66,8 +79,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 finally:
                     if code == "OK":
                         code = _code_of(context)
-                    GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
-                    GRPC_HANDLED.labels(service, method, code).inc()
+                    latency.observe(time.perf_counter() - start)
+                    (ok if code == "OK" else GRPC_HANDLED.labels(service, method, code)).inc()
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,  # type: ignore[arg-type]

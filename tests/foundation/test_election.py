@@ -64,9 +64,7 @@ async def test_only_one_leader_and_graceful_handover(etcd: Etcd, prefix: bytes) 
     await asyncio.gather(ta, tb, return_exceptions=True)
 
 
-async def test_replica_takes_over_within_5s_of_leader_kill(
-    etcd_server: EtcdServer, etcd: Etcd, prefix: bytes
-) -> None:
+async def test_replica_takes_over_within_5s_of_leader_kill(etcd_server: EtcdServer, etcd: Etcd, prefix: bytes) -> None:
     name = prefix.decode().strip("/").replace("/", "-")
     record = f"/pinet-test/leader/{name}".encode()
     procs = {}

@@ -210,13 +210,9 @@ async def test_relists_after_compaction_past_its_revision(make_etcd_server: Call
             by_key.setdefault(e.key, []).append(e)
         assert [(e.type, e.obj) for e in by_key[prefix + b"k0"]] == [(EventType.MODIFIED, b"v4")]
         for i in range(1, 5):
-            assert [(e.type, e.obj) for e in by_key[prefix + f"k{i}".encode()]] == [
-                (EventType.MODIFIED, b"v1")
-            ]
+            assert [(e.type, e.obj) for e in by_key[prefix + f"k{i}".encode()]] == [(EventType.MODIFIED, b"v1")]
         for i in range(5, 10):
-            assert [(e.type, e.obj) for e in by_key[prefix + f"k{i}".encode()]] == [
-                (EventType.DELETED, b"v0")
-            ]
+            assert [(e.type, e.obj) for e in by_key[prefix + f"k{i}".encode()]] == [(EventType.DELETED, b"v0")]
         assert [(e.type, e.obj) for e in by_key[prefix + b"k10"]] == [
             (EventType.DELETED, b"v0"),
             (EventType.ADDED, b"recreated"),

@@ -18,9 +18,7 @@ def test_keys_and_parts_round_trip() -> None:
     assert TENANTS.key("acme") == b"/pinet/v1/tenants/acme"
 
 
-@pytest.mark.parametrize(
-    "parts", [("acme", "default"), ("acme", "a/b", "x"), ("acme", "", "x"), ("..", "d", "x")]
-)
+@pytest.mark.parametrize("parts", [("acme", "default"), ("acme", "a/b", "x"), ("acme", "", "x"), ("..", "d", "x")])
 def test_bad_keys_are_refused(parts: tuple[str, ...]) -> None:
     with pytest.raises(KeyspaceError):
         PODS.key(*parts)

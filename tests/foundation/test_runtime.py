@@ -32,9 +32,7 @@ def fetch(url: str) -> str:
 @pytest.mark.parametrize("service", sorted(API))
 async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdServer, service: str) -> None:
     metrics_port = free_port()
-    proc = await ServiceProcess(
-        service, etcd_server.endpoint, ["--metrics", f"127.0.0.1:{metrics_port}"]
-    ).start()
+    proc = await ServiceProcess(service, etcd_server.endpoint, ["--metrics", f"127.0.0.1:{metrics_port}"]).start()
     try:
         assert await check(proc.address) == "SERVING"
         listed = await list_services(proc.address)

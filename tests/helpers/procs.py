@@ -15,9 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class ServiceProcess:
-    def __init__(
-        self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
         self.service = service
         self.etcd = etcd
         self.port = free_port()

@@ -97,7 +97,10 @@ class Pool(_message.Message):
     EXCLUDED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique pool name, e.g. "acme/default/pod" or "floating"."""
+    """Unique pool name: lowercase letters, digits, '-' and '.'. Tenant
+    network pools are named "<tenant>.<network>.pod" and
+    "<tenant>.<network>.svc"; the floating-IP pool is "floating".
+    """
     kind: Global___PoolKind.ValueType
     tenant: _builtins.str
     """Tenant whose network the pool belongs to; empty for the floating pool."""
@@ -199,7 +202,10 @@ class Owner(_message.Message):
     handle: _builtins.str
     """Idempotency handle: the same (pool, handle) always maps to one address."""
     name: _builtins.str
-    """Human readable owner reference, e.g. "default/nginx"."""
+    """The owning object: "namespace/name" of a pod or service (the garbage
+    collector frees the address once that object is gone), free text for
+    floating IPs.
+    """
     node: _builtins.str
     """For pod addresses: the node whose agent holds the address. The address
     follows the node's lease (see Allocation.node_lease).
@@ -238,7 +244,9 @@ class Allocation(_message.Message):
     pool: _builtins.str
     """Pool it came from."""
     node_lease_alive: _builtins.bool
-    """For pod addresses on a node: true while the node's lease is alive."""
+    """For pod addresses on a node: true while the node's agent keeps its
+    lease alive. Filled in on reads.
+    """
     resource_version: _builtins.int
     """etcd revision at which the allocation was written."""
     @_builtins.property

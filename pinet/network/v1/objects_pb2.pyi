@@ -837,10 +837,71 @@ class Endpoints(_message.Message):
 Global___Endpoints: _TypeAlias = Endpoints  # noqa: Y015
 
 @_typing.final
-class FloatingIP(_message.Message):
+class BoundPort(_message.Message):
     """----------------------------------------------------------- floating IPs
 
-    A public address of a tenant. It lives until released, independent of
+    A (protocol, port) pair a service occupies on a floating IP.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    protocol: _meta_pb2.Protocol.ValueType
+    port: _builtins.int
+    def __init__(
+        self,
+        *,
+        protocol: _meta_pb2.Protocol.ValueType = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BoundPort: _TypeAlias = BoundPort  # noqa: Y015
+
+@_typing.final
+class FloatingIPBinding(_message.Message):
+    """The record that a service uses a floating IP. Written together with the
+    service; while one exists the floating IP cannot be released.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    tenant: _builtins.str
+    namespace: _builtins.str
+    service: _builtins.str
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___BoundPort]: ...
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        service: _builtins.str = ...,
+        ports: _abc.Iterable[Global___BoundPort] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "namespace", b"namespace", "ports", b"ports", "service", b"service", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FloatingIPBinding: _TypeAlias = FloatingIPBinding  # noqa: Y015
+
+@_typing.final
+class FloatingIP(_message.Message):
+    """A public address of a tenant. It lives until released, independent of
     pods and services, and is billed per month from allocated_at.
     """
 

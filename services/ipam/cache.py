@@ -1,0 +1,98 @@
+"""The ipam replica's watched view: pools, their layouts and used addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from pinet.errors import ApiError
+from pinet.etcd.client import Etcd
+from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS
+from pinet.ipam.v1 import ipam_pb2
+from pinet.services.ipam.pools import PoolLayout
+from pinet.services.ipam.state import PoolState
+
+log = logging.getLogger(__name__)
+
+
+def _raw(value: bytes) -> bytes:
+    # Address values are decoded only when someone reads them.
+    return value
+
+
+class PoolCache:
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
+        self.pools: Informer[ipam_pb2.Pool] = Informer(etcd, IPAM_POOLS.prefix, IPAM_POOLS.decode, "ipam-pools")
+        self.addresses: Informer[bytes] = Informer(etcd, IPAM_ADDRESSES.prefix, _raw, "ipam-addresses")
+        self.states: dict[str, PoolState] = {}
+        self.pools.subscribe(self._on_pool)
+        self.addresses.subscribe(self._on_address)
+
+    async def start(self) -> None:
+        self.pools.start()
+        self.addresses.start()
+        await self.pools.wait_synced()
+        await self.addresses.wait_synced()
+
+    async def stop(self) -> None:
+        await self.pools.stop()
+        await self.addresses.stop()
+
+    def pool(self, name: str) -> ipam_pb2.Pool | None:
+        return self.pools.get(IPAM_POOLS.key(name)) if name else None
+
+    def state(self, name: str) -> PoolState | None:
+        return self.states.get(name)
+
+    def used_in(self, pool: str) -> set[int]:
+        prefix = IPAM_ADDRESSES.scope_prefix(pool)
+        return {
+            int(ipaddress.IPv4Address(IPAM_ADDRESSES.parts(key)[1])) for key in self.addresses if key.startswith(prefix)
+        }
+
+    async def resync(self, pool: str) -> None:
+        """Rebuild a pool's used set from etcd itself (when the cache and
+        the pool's real fill disagree)."""
+        state = self.states.get(pool)
+        if state is None:
+            return
+        kvs, _ = await self.etcd.list_prefix(IPAM_ADDRESSES.scope_prefix(pool), keys_only=True)
+        state.replace_used({int(ipaddress.IPv4Address(IPAM_ADDRESSES.parts(kv.key)[1])) for kv in kvs})
+
+    def _on_pool(self, event: Event[ipam_pb2.Pool]) -> None:
+        name = event.obj.name
+        if event.type is EventType.DELETED:
+            self.states.pop(name, None)
+            return
+        try:
+            layout = PoolLayout.from_pool(event.obj)
+        except ApiError as exc:
+            log.error("pool %s in etcd is invalid and is ignored: %s", name, exc.message)
+            self.states.pop(name, None)
+            return
+        old = self.states.get(name)
+        if old is not None and old.layout == layout:
+            return
+        state = PoolState(layout)
+        state.replace_used(self.used_in(name))
+        self.states[name] = state
+
+    def _on_address(self, event: Event[bytes]) -> None:
+        # On the allocation path for every address of every replica: parse the
+        # key by hand rather than through the keyspace's general parser.
+        try:
+            pool, address = event.key[len(IPAM_ADDRESSES.prefix) :].decode().split("/")
+            ip = int.from_bytes(socket.inet_aton(address))
+        except (ValueError, OSError):
+            log.error("ignoring malformed address key %r", event.key)
+            return
+        state = self.states.get(pool)
+        if state is None:
+            return
+        if event.type is EventType.DELETED:
+            state.mark_free(ip)
+        else:
+            state.mark_used(ip)
