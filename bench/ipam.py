@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -16,6 +17,9 @@ from pinet.devstack.etcd import free_port
 from pinet.etcd.client import Etcd
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.runtime.probe import wait_serving
+
+if TYPE_CHECKING:
+    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 
 async def start_ipam(endpoint: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -29,7 +33,7 @@ async def start_ipam(endpoint: str) -> tuple[asyncio.subprocess.Process, str]:
     return proc, address
 
 
-async def ipam_rate(stub: ipam_pb2_grpc.IpamServiceAsyncStub, concurrency: int, total: int, tenant: str) -> Rate:
+async def ipam_rate(stub: IpamServiceAsyncStub, concurrency: int, total: int, tenant: str) -> Rate:
     await stub.EnsureNetworkPools(ipam_pb2.EnsureNetworkPoolsRequest(tenant=tenant))
     pool = f"{tenant}.default.pod"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -11,6 +12,9 @@ import pytest
 from pinet.devstack.etcd import EtcdServer
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from tests.helpers.procs import ServiceProcess
+
+if TYPE_CHECKING:
+    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 NO_GC = ["--gc-interval", "0", "--floating-ranges", ""]
 
@@ -23,7 +27,7 @@ async def ipam_proc(etcd_server: EtcdServer) -> AsyncIterator[ServiceProcess]:
 
 
 @pytest.fixture
-async def ipam(ipam_proc: ServiceProcess) -> AsyncIterator[ipam_pb2_grpc.IpamServiceAsyncStub]:
+async def ipam(ipam_proc: ServiceProcess) -> AsyncIterator[IpamServiceAsyncStub]:
     async with grpc.aio.insecure_channel(ipam_proc.address) as channel:
         yield ipam_pb2_grpc.IpamServiceStub(channel)
 
@@ -37,7 +41,7 @@ def pod_owner(tenant: str, handle: str, node: str = "", name: str = "") -> ipam_
     return ipam_pb2.Owner(tenant=tenant, kind=ipam_pb2.OWNER_KIND_POD, handle=handle, node=node, name=name)
 
 
-async def ensure_network(stub: ipam_pb2_grpc.IpamServiceAsyncStub, tenant: str) -> ipam_pb2.EnsureNetworkPoolsResponse:
+async def ensure_network(stub: IpamServiceAsyncStub, tenant: str) -> ipam_pb2.EnsureNetworkPoolsResponse:
     resp: ipam_pb2.EnsureNetworkPoolsResponse = await stub.EnsureNetworkPools(
         ipam_pb2.EnsureNetworkPoolsRequest(tenant=tenant)
     )

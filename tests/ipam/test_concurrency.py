@@ -1,0 +1,148 @@
+"""Two ipam replicas, 64 concurrent clients, 20,000 allocations; and faults:
+a replica killed mid-allocation, etcd restarted mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from pinet.devstack.etcd import EtcdServer
+from pinet.etcd.client import Etcd
+from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from tests.helpers.procs import ServiceProcess
+from tests.ipam.checks import assert_consistent
+from tests.ipam.conftest import NO_GC, ensure_network, pod_owner
+
+if TYPE_CHECKING:
+    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+
+
+async def allocate_with_retry(stubs: list[Stub], first: int, pool: str, tenant: str, handle: str) -> str:
+    """What a well-behaved client does: on a transport error, ask again with
+    the same owner handle, on whichever replica answers."""
+    attempt = 0
+    while True:
+        stub = stubs[(first + attempt) % len(stubs)]
+        try:
+            resp = await stub.Allocate(ipam_pb2.AllocateRequest(pool=pool, owner=pod_owner(tenant, handle)), timeout=5)
+            return resp.allocation.address
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise
+            attempt += 1
+            assert attempt < 200, f"{handle}: still failing after {attempt} attempts: {exc.details()}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_two_replicas_64_clients_20000_allocations(etcd_server: EtcdServer, etcd: Etcd, tenant: str) -> None:
+    procs = [await ServiceProcess("ipam", etcd_server.endpoint, NO_GC).start() for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
+    try:
+        pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
+        todo = iter(range(20_000))
+        got: dict[str, str] = {}
+        retried = 0
+
+        async def client(n: int) -> None:
+            nonlocal retried
+            for i in todo:
+                handle = f"h{i}"
+                req = ipam_pb2.AllocateRequest(pool=pool, owner=pod_owner(tenant, handle))
+                resp = await stubs[n % 2].Allocate(req)
+                assert resp.created
+                got[handle] = resp.allocation.address
+                if i % 10 == 0:  # a retry, on the other replica, must change nothing
+                    again = await stubs[(n + 1) % 2].Allocate(req)
+                    assert (again.allocation.address, again.created) == (resp.allocation.address, False)
+                    retried += 1
+
+        await asyncio.gather(*(client(n) for n in range(64)))
+        assert len(got) == 20_000 and retried == 2_000
+        assert len(set(got.values())) == 20_000, "no address handed out twice"
+        assert await assert_consistent(etcd, pool) == got, "etcd holds exactly what the clients were given"
+    finally:
+        for c in channels:
+            await c.close(None)
+        for p in procs:
+            await p.terminate()
+
+
+@pytest.mark.slow
+async def test_replica_killed_mid_allocation(etcd_server: EtcdServer, etcd: Etcd, tenant: str) -> None:
+    procs = [await ServiceProcess("ipam", etcd_server.endpoint, NO_GC).start() for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
+    try:
+        pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
+        todo = iter(range(6_000))
+        got: dict[str, str] = {}
+
+        reached = asyncio.Event()
+
+        async def client(n: int) -> None:
+            for i in todo:
+                got[f"h{i}"] = await allocate_with_retry(stubs, n, pool, tenant, f"h{i}")
+                if len(got) >= 2_000:
+                    reached.set()
+
+        async def killer() -> None:
+            await reached.wait()
+            assert procs[0].proc is not None
+            procs[0].proc.send_signal(signal.SIGKILL)
+
+        await asyncio.gather(killer(), *(client(n) for n in range(32)))
+        assert procs[0].proc is not None and procs[0].proc.returncode == -signal.SIGKILL
+        assert len(got) == 6_000 and len(set(got.values())) == 6_000
+        assert await assert_consistent(etcd, pool) == got, "nothing owned twice, nothing leaked"
+    finally:
+        for c in channels:
+            await c.close(None)
+        await procs[0].kill()
+        await procs[1].terminate()
+
+
+@pytest.mark.slow
+async def test_etcd_restart_mid_run(make_etcd_server: Callable[[], EtcdServer], tenant: str) -> None:
+    server = make_etcd_server()
+    procs = [await ServiceProcess("ipam", server.endpoint, NO_GC).start() for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
+    etcd = await Etcd(server.endpoint).connect()
+    try:
+        pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
+        todo = iter(range(6_000))
+        got: dict[str, str] = {}
+
+        reached = asyncio.Event()
+
+        async def client(n: int) -> None:
+            for i in todo:
+                got[f"h{i}"] = await allocate_with_retry(stubs, n, pool, tenant, f"h{i}")
+                if len(got) >= 2_000:
+                    reached.set()
+
+        async def restarter() -> None:
+            await reached.wait()
+            await asyncio.to_thread(server.restart)
+
+        await asyncio.gather(restarter(), *(client(n) for n in range(32)))
+        assert len(got) == 6_000 and len(set(got.values())) == 6_000
+        assert await assert_consistent(etcd, pool) == got
+        # Both replicas are still healthy and serving.
+        for stub in stubs:
+            resp = await stub.Allocate(ipam_pb2.AllocateRequest(pool=pool, owner=pod_owner(tenant, "after")))
+            assert resp.allocation.address
+    finally:
+        await etcd.close()
+        for c in channels:
+            await c.close(None)
+        for p in procs:
+            await p.terminate()
