@@ -38,6 +38,7 @@ _CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.keepalive_time_ms": 10_000,
     "grpc.keepalive_timeout_ms": 5_000,
     "grpc.keepalive_permit_without_calls": 1,
+    "grpc.optimization_target": "throughput",
 }
 
 _UNAVAILABLE_CODES = {

@@ -126,7 +126,11 @@ def build_parser(app: App) -> argparse.ArgumentParser:
 async def serve(app: App, args: argparse.Namespace) -> int:
     server = grpc.aio.server(
         interceptors=[MetricsInterceptor()],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.optimization_target", "throughput"),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
     )
     etcd = await Etcd(args.etcd).connect()
     rt = Runtime(args, server, etcd)
@@ -193,6 +197,12 @@ async def serve(app: App, args: argparse.Namespace) -> int:
 def run(app: App, argv: Sequence[str] | None = None) -> int:
     args = build_parser(app).parse_args(argv)
     setup_logging(app.name, args.log_level, args.log_format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
     try:
         return asyncio.run(serve(app, args))
     except KeyboardInterrupt:

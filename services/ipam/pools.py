@@ -121,9 +121,8 @@ class PoolLayout:
     # Reserved, network and broadcast addresses inside the ranges.
     reserved_count: int
 
-    @property
-    def capacity(self) -> int:
-        return size(self.allocatable)
+    # size(allocatable), kept because the allocation path asks for it.
+    capacity: int
 
     @classmethod
     def from_pool(cls, pool: ipam_pb2.Pool) -> PoolLayout:
@@ -168,6 +167,7 @@ class PoolLayout:
             tenant=pool.tenant,
             network=pool.network,
             allocatable=allocatable,
+            capacity=size(allocatable),
             reserved_count=size(in_ranges_not_excluded) - size(allocatable),
         )
 

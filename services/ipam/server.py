@@ -256,6 +256,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
             raise invalid("give exactly one of address or handle")
         address = request.address
         if request.handle:
+            if not _HANDLE.match(request.handle):
+                raise invalid(f"handle: {request.handle!r} is not a valid owner handle")
             kv = await self.etcd.get(store.handle_key(pool.name, request.handle))
             if kv is None:
                 return ipam_pb2.ReleaseResponse()

@@ -41,12 +41,18 @@ class Claim:
     revision: int
 
 
+# Built by hand on the allocation path: pool names, canonical addresses and
+# handles are validated before they get here.
+_ADDRESS_PREFIX = IPAM_ADDRESSES.prefix.decode()
+_HANDLE_PREFIX = IPAM_HANDLES.prefix.decode()
+
+
 def address_key(pool: str, address: str) -> bytes:
-    return IPAM_ADDRESSES.key(pool, address)
+    return f"{_ADDRESS_PREFIX}{pool}/{address}".encode()
 
 
 def handle_key(pool: str, handle: str) -> bytes:
-    return IPAM_HANDLES.key(pool, handle)
+    return f"{_HANDLE_PREFIX}{pool}/{handle}".encode()
 
 
 def decode_allocation(kv: KeyValue) -> ipam_pb2.Allocation:
