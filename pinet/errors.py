@@ -54,6 +54,10 @@ def out_of_range(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.OUT_OF_RANGE, message)
 
 
+def aborted(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.ABORTED, message)
+
+
 def unauthenticated(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, message)
 

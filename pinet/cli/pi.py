@@ -1,23 +1,436 @@
-"""`pi`: the user's command line for pinet."""
+"""`pi`: the user's command line for pinet, in the manner of kubectl."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+import yaml
+from google.protobuf.message import Message
+
+from pinet.cli import manifests, tables
+from pinet.common.v1 import meta_pb2
+from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 
 DEFAULT_API = "127.0.0.1:7700"
+
+KIND_ALIASES = {
+    **dict.fromkeys(("pod", "pods", "po"), "pod"),
+    **dict.fromkeys(("service", "services", "svc"), "service"),
+    **dict.fromkeys(("endpoints", "endpoint", "ep"), "endpoints"),
+    **dict.fromkeys(("fip", "fips", "floatingip", "floatingips"), "fip"),
+    **dict.fromkeys(("node", "nodes", "no"), "node"),
+    **dict.fromkeys(("deployment", "deployments", "deploy"), "deployment"),
+}
+
+REASONS = {
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.INVALID_ARGUMENT: "Invalid",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.PERMISSION_DENIED: "Forbidden",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthorized",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.ABORTED: "Conflict",
+}
+
+
+class CliError(Exception):
+    pass
+
+
+def fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def find_token(explicit: str) -> str:
+    if explicit:
+        return explicit
+    if os.environ.get("PINET_TOKEN"):
+        return os.environ["PINET_TOKEN"].strip()
+    candidates = [os.environ.get("PINET_TOKEN_FILE", ""), ".pinet/token", str(Path.home() / ".config/pinet/token")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).read_text().strip()
+    fail(
+        "no token: give --token, set PINET_TOKEN or PINET_TOKEN_FILE, "
+        "or run in a checkout where scripts/up wrote .pinet/token"
+    )
+
+
+class Client:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.server = args.server
+        self.channel = grpc.insecure_channel(args.server)
+        self.api = network_pb2_grpc.NetworkServiceStub(self.channel)
+        self.admin = network_pb2_grpc.AdminServiceStub(self.channel)
+        metadata = [("authorization", f"Bearer {find_token(args.token)}")]
+        if args.as_tenant:
+            metadata.append(("x-pinet-tenant", args.as_tenant))
+        self.metadata = tuple(metadata)
+        self.namespace = args.namespace
+
+    def __call__(self, method: Callable[..., Any], request: Message) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=30)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+            details = exc.details()  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and "ipam" not in str(details):
+                fail(f"cannot reach the pinet API at {self.server} ({details}); is `scripts/up` running?")
+            fail(f"Error from server ({REASONS.get(code, code.name)}): {details}")
+
+    def ref(self, name: str) -> network_pb2.ObjectRef:
+        return network_pb2.ObjectRef(namespace=self.namespace, name=name)
+
+
+# ----------------------------------------------------------------- output
+
+
+def emit(objs: Sequence[Message], output: str, kind: str, single: bool) -> None:
+    if output in ("yaml", "json"):
+        rendered = [manifests.render(o) for o in objs]
+        doc: Any = rendered[0] if single else {"apiVersion": "v1", "kind": "List", "items": rendered}
+        if output == "json":
+            print(json.dumps(doc, indent=2))
+        else:
+            print(yaml.safe_dump(doc, sort_keys=False).rstrip())
+        return
+    if output == "name":
+        for o in objs:
+            print(f"{kind}/{name_of(o)}")
+        return
+    wide = output == "wide"
+    if not objs:
+        print("No resources found.", file=sys.stderr)
+        return
+    render_table: dict[str, Callable[[Any, bool], str]] = {
+        "pod": tables.pod_rows, "service": tables.service_rows, "endpoints": tables.endpoints_rows,
+        "fip": tables.fip_rows, "node": tables.node_rows, "deployment": tables.deployment_rows,
+    }  # fmt: skip
+    print(render_table[kind](objs, wide))
+
+
+def name_of(obj: Any) -> str:
+    if isinstance(obj, objects_pb2.FloatingIP):
+        return str(obj.address)
+    if isinstance(obj, objects_pb2.Node):
+        return str(obj.name)
+    return str(obj.metadata.name)
+
+
+# --------------------------------------------------------------- commands
+
+
+def read_manifests(paths: Sequence[str]) -> list[manifests.Document]:
+    docs = []
+    for path in paths:
+        if path == "-":
+            text, source = sys.stdin.read(), "<stdin>"
+        else:
+            try:
+                text, source = Path(path).read_text(), path
+            except OSError as exc:
+                fail(f"cannot read {path}: {exc.strerror}")
+        try:
+            docs += manifests.load_all(text, source)
+        except manifests.ManifestError as exc:
+            fail(str(exc))
+    return docs
+
+
+def create_document(c: Client, doc: manifests.Document) -> Message:
+    obj: Any = doc.obj
+    if c.namespace and not obj.metadata.namespace:
+        obj.metadata.namespace = c.namespace
+    if doc.kind == "Pod":
+        return c(c.api.CreatePod, network_pb2.CreatePodRequest(pod=obj))  # type: ignore[no-any-return]
+    if doc.kind == "Service":
+        return c(c.api.CreateService, network_pb2.CreateServiceRequest(service=obj))  # type: ignore[no-any-return]
+    return c(c.api.CreateDeployment, network_pb2.CreateDeploymentRequest(deployment=obj))  # type: ignore[no-any-return]
+
+
+def cmd_create(c: Client, args: argparse.Namespace) -> None:
+    if args.what == "fip":
+        fip = c(
+            c.api.AllocateFloatingIP,
+            network_pb2.AllocateFloatingIPRequest(address=args.address or "", description=args.description or ""),
+        )
+        print(f"fip/{fip.address}")
+        return
+    if args.what:
+        fail(f"pi create: unknown resource {args.what!r}; use `pi create fip` or `pi create -f FILE`")
+    if not args.filename:
+        fail("pi create: give -f FILE (or -f - for stdin), or `pi create fip`")
+    for doc in read_manifests(args.filename):
+        created = create_document(c, doc)
+        print(f"{doc.kind.lower()}/{name_of(created)}")
+
+
+def cmd_apply(c: Client, args: argparse.Namespace) -> None:
+    for doc in read_manifests(args.filename):
+        obj: Any = doc.obj
+        if c.namespace and not obj.metadata.namespace:
+            obj.metadata.namespace = c.namespace
+        ref = network_pb2.ObjectRef(namespace=obj.metadata.namespace, name=obj.metadata.name)
+        getters: dict[str, Callable[..., Any]] = {
+            "Pod": c.api.GetPod, "Service": c.api.GetService, "Deployment": c.api.GetDeployment,
+        }  # fmt: skip
+        getter = getters[doc.kind]
+        try:
+            getter(ref, metadata=c.metadata, timeout=30)
+            exists = True
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                c(getter, ref)
+            exists = False
+        if not exists:
+            created = create_document(c, doc)
+            print(f"{doc.kind.lower()}/{name_of(created)} created")
+            continue
+        if doc.kind == "Pod":
+            c(c.api.UpdatePod, network_pb2.UpdatePodRequest(pod=obj))
+        elif doc.kind == "Service":
+            c(c.api.UpdateService, network_pb2.UpdateServiceRequest(service=obj))
+        else:
+            c(c.api.UpdateDeployment, network_pb2.UpdateDeploymentRequest(deployment=obj))
+        print(f"{doc.kind.lower()}/{obj.metadata.name} configured")
+
+
+def _kind(text: str) -> str:
+    kind = KIND_ALIASES.get(text.lower())
+    if kind is None:
+        fail(f"unknown resource type {text!r}: pods, services (svc), endpoints (ep), fip, nodes, deployments")
+    return kind
+
+
+def cmd_get(c: Client, args: argparse.Namespace) -> None:
+    kind = _kind(args.kind)
+    options = meta_pb2.ListOptions(
+        namespace="" if args.all_namespaces else (c.namespace or "default"), label_selector=args.selector or ""
+    )
+    objs: list[Message]
+    if args.names:
+        objs = [get_one(c, kind, name) for name in args.names]
+    elif kind == "pod":
+        objs = list(_all(c, c.api.ListPods, network_pb2.ListPodsRequest(options=options), "pods"))
+    elif kind == "service":
+        objs = list(_all(c, c.api.ListServices, network_pb2.ListServicesRequest(options=options), "services"))
+    elif kind == "endpoints":
+        objs = list(_all(c, c.api.ListEndpoints, network_pb2.ListEndpointsRequest(options=options), "endpoints"))
+    elif kind == "deployment":
+        objs = list(_all(c, c.api.ListDeployments, network_pb2.ListDeploymentsRequest(options=options), "deployments"))
+    elif kind == "node":
+        options.namespace = ""
+        objs = list(_all(c, c.api.ListNodes, network_pb2.ListNodesRequest(options=options), "nodes"))
+    else:
+        objs = list(c(c.api.ListFloatingIPs, network_pb2.ListFloatingIPsRequest()).floating_ips)
+    emit(objs, args.output or "", kind, single=bool(args.names) and len(args.names) == 1)
+
+
+def _all(c: Client, method: Callable[..., Any], request: Any, field: str) -> list[Message]:
+    out: list[Message] = []
+    while True:
+        resp = c(method, request)
+        out += list(getattr(resp, field))
+        if not resp.list_meta.next_page_token:
+            return out
+        request.options.page_token = resp.list_meta.next_page_token
+
+
+def get_one(c: Client, kind: str, name: str) -> Message:
+    if kind == "pod":
+        return c(c.api.GetPod, c.ref(name))  # type: ignore[no-any-return]
+    if kind == "service":
+        return c(c.api.GetService, c.ref(name))  # type: ignore[no-any-return]
+    if kind == "endpoints":
+        return c(c.api.GetEndpoints, c.ref(name))  # type: ignore[no-any-return]
+    if kind == "deployment":
+        return c(c.api.GetDeployment, c.ref(name))  # type: ignore[no-any-return]
+    if kind == "node":
+        return c(c.api.GetNode, network_pb2.GetNodeRequest(name=name))  # type: ignore[no-any-return]
+    return c(c.api.GetFloatingIP, network_pb2.GetFloatingIPRequest(address=name))  # type: ignore[no-any-return]
+
+
+def cmd_describe(c: Client, args: argparse.Namespace) -> None:
+    kind = _kind(args.kind)
+    for i, name in enumerate(args.names):
+        if i:
+            print()
+        if kind == "service":
+            svc = c(c.api.GetService, c.ref(name))
+            ep = c(c.api.GetEndpoints, c.ref(name))
+            print(tables.describe_service(svc, ep))
+        elif kind == "pod":
+            print(tables.describe_pod(c(c.api.GetPod, c.ref(name))))
+        else:
+            print(yaml.safe_dump(manifests.render(get_one(c, kind, name)), sort_keys=False).rstrip())
+
+
+def cmd_delete(c: Client, args: argparse.Namespace) -> None:
+    targets: list[tuple[str, str]] = []
+    if args.filename:
+        for doc in read_manifests(args.filename):
+            targets.append((doc.kind.lower(), doc.obj.metadata.name))  # type: ignore[attr-defined]
+    elif args.kind:
+        kind = _kind(args.kind)
+        if not args.names:
+            fail(f"pi delete {args.kind}: give the name(s) to delete")
+        targets += [(kind, name) for name in args.names]
+    else:
+        fail("pi delete: give KIND NAME... or -f FILE")
+    for kind, name in targets:
+        if kind == "pod":
+            c(c.api.DeletePod, c.ref(name))
+        elif kind == "service":
+            c(c.api.DeleteService, c.ref(name))
+        elif kind == "deployment":
+            c(c.api.DeleteDeployment, c.ref(name))
+        elif kind == "fip":
+            c(c.api.ReleaseFloatingIP, network_pb2.ReleaseFloatingIPRequest(address=name))
+        else:
+            fail(f"pi delete: {kind} cannot be deleted")
+        print(f"{kind}/{name} deleted")
+
+
+def cmd_expose(c: Client, args: argparse.Namespace) -> None:
+    kind = _kind(args.kind)
+    if kind == "deployment":
+        selector = dict(c(c.api.GetDeployment, c.ref(args.name)).spec.selector)
+    elif kind == "pod":
+        selector = dict(c(c.api.GetPod, c.ref(args.name)).metadata.labels)
+        if not selector:
+            fail(f"pod {args.name} has no labels to select it by; add some with `pi apply`")
+    else:
+        fail("pi expose: only deployments and pods can be exposed")
+    types = {"ClusterIP": 1, "NodePort": 2, "LoadBalancer": 3}
+    if args.type not in types:
+        fail(f"--type must be one of {', '.join(types)}")
+    target: dict[str, Any] = {}
+    if args.target_port:
+        if args.target_port.isdigit():
+            target["target_port"] = int(args.target_port)
+        else:
+            target["target_port_name"] = args.target_port
+    svc = objects_pb2.Service(
+        metadata=meta_pb2.ObjectMeta(name=args.service_name or args.name, namespace=c.namespace),
+        spec=objects_pb2.ServiceSpec(
+            type=types[args.type],  # type: ignore[arg-type]
+            selector=selector,
+            load_balancer_ip=args.load_balancer_ip or "",
+            ports=[
+                objects_pb2.ServicePort(
+                    port=args.port, protocol=meta_pb2.PROTOCOL_UDP if args.protocol == "UDP" else meta_pb2.PROTOCOL_TCP,
+                    **target,
+                )
+            ],
+        ),
+    )  # fmt: skip
+    created = c(c.api.CreateService, network_pb2.CreateServiceRequest(service=svc))
+    print(f"service/{created.metadata.name}")
+
+
+def cmd_scale(c: Client, args: argparse.Namespace) -> None:
+    if _kind(args.kind) != "deployment":
+        fail("pi scale: only deployments can be scaled")
+    c(c.api.ScaleDeployment, network_pb2.ScaleDeploymentRequest(ref=c.ref(args.name), replicas=args.replicas))
+    print(f"deployment/{args.name} scaled")
+
+
+def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
+    me = c(c.api.WhoAmI, network_pb2.WhoAmIRequest())
+    net = me.tenant_info.network
+    print(f"tenant {me.tenant}{' (admin)' if me.admin else ''}: network {net.cidr}, services {net.service_cidr}, "
+          f"gateway {net.gateway}, DNS {net.dns_ip}, VNI {net.vni}")  # fmt: skip
+
+
+def cmd_admin(c: Client, args: argparse.Namespace) -> None:
+    if args.admin_command == "token":
+        resp = c(c.admin.IssueToken, network_pb2.IssueTokenRequest(tenant=args.tenant, admin=args.admin))
+        print(resp.token)
+    elif args.admin_command == "tenants":
+        resp = c(c.admin.ListTenants, network_pb2.ListTenantsRequest())
+        rows = [[t.name, t.network.cidr, str(t.network.vni), tables.age(t.creation_timestamp)] for t in resp.tenants]
+        print(tables.table(["NAME", "NETWORK", "VNI", "AGE"], rows))
+    else:
+        fail("pi admin: token TENANT [--admin] | tenants")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pi", description="Use the pinet network API.")
     parser.add_argument(
-        "--server",
-        default=os.environ.get("PINET_API", DEFAULT_API),
-        help="network API address [env PINET_API]",
+        "--server", default=os.environ.get("PINET_API", DEFAULT_API), help="API address [env PINET_API]"
     )
+    parser.add_argument("--token", default="", help="bearer token [env PINET_TOKEN, PINET_TOKEN_FILE, .pinet/token]")
+    parser.add_argument(
+        "--as", dest="as_tenant", default=os.environ.get("PINET_TENANT", ""), help="(admin) act as TENANT"
+    )
+    parser.add_argument("-n", "--namespace", default="", help="namespace (default: default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("create", help="create a floating IP (create fip) or objects from manifests (-f)")
+    p.add_argument("what", nargs="?", default="", help="fip")
+    p.add_argument("-f", "--filename", action="append", help="manifest file, - for stdin")
+    p.add_argument("--address", help="(fip) a specific address of the pool")
+    p.add_argument("--description", help="(fip) a note kept with it")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("apply", help="create or update objects from manifests")
+    p.add_argument("-f", "--filename", action="append", required=True, help="manifest file, - for stdin")
+    p.set_defaults(func=cmd_apply)
+
+    for name, func, help_text in (
+        ("get", cmd_get, "list objects"),
+        ("describe", cmd_describe, "show objects in detail"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("kind", help="pods, svc, ep, fip, nodes, deploy")
+        p.add_argument("names", nargs="*" if name == "get" else "+", help="names")
+        if name == "get":
+            p.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], help="output format")
+            p.add_argument("-l", "--selector", help="label selector, e.g. app=nginx")
+            p.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("delete", help="delete objects or release a floating IP")
+    p.add_argument("kind", nargs="?", help="pod, svc, deploy, fip")
+    p.add_argument("names", nargs="*", help="names (addresses for fip)")
+    p.add_argument("-f", "--filename", action="append", help="delete what a manifest describes")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("expose", help="create a service selecting a deployment's or pod's pods")
+    p.add_argument("kind", help="deployment or pod")
+    p.add_argument("name")
+    p.add_argument("--port", type=int, required=True, help="service port")
+    p.add_argument("--target-port", default="", help="pod port (number or name); default: --port")
+    p.add_argument("--type", default="ClusterIP", help="ClusterIP, NodePort or LoadBalancer")
+    p.add_argument("--name", dest="service_name", default="", help="service name (default: the exposed object's)")
+    p.add_argument("--protocol", default="TCP", choices=["TCP", "UDP"])
+    p.add_argument("--load-balancer-ip", default="", help="floating IP for --type LoadBalancer")
+    p.set_defaults(func=cmd_expose)
+
+    p = sub.add_parser("scale", help="set a deployment's replicas")
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.add_argument("--replicas", type=int, required=True)
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("whoami", help="show the tenant of your token and its network")
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("admin", help="administration (needs an admin token)")
+    p.add_argument("admin_command", choices=["token", "tenants"])
+    p.add_argument("tenant", nargs="?", default="")
+    p.add_argument("--admin", action="store_true", help="(token) issue an admin token")
+    p.set_defaults(func=cmd_admin)
+
     sub.add_parser("status", help="check that the network API answers")
     sub.add_parser("version", help="print the version")
     return parser
@@ -26,16 +439,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "version":
-        from pinet import __version__
+    try:
+        if args.command == "version":
+            from pinet import __version__
 
-        print(f"pi {__version__}")
-        return
-    if args.command == "status":
-        from pinet.runtime.probe import check
+            print(f"pi {__version__}")
+            return
+        if args.command == "status":
+            import asyncio
 
-        status = asyncio.run(check(args.server))
-        print(f"{args.server}: {status}")
-        sys.exit(0 if status == "SERVING" else 1)
-    parser.print_help()
-    sys.exit(2)
+            from pinet.runtime.probe import check
+
+            status = asyncio.run(check(args.server))
+            print(f"{args.server}: {status}")
+            sys.exit(0 if status == "SERVING" else 1)
+        if args.command is None:
+            parser.print_help()
+            sys.exit(2)
+        args.func(Client(args), args)
+    except CliError as exc:
+        print(f"error: {exc}" if not str(exc).startswith("Error from server") else str(exc), file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -55,7 +55,7 @@ def default_services(host: str = "127.0.0.1", offset: int = 0) -> list[ServiceSp
 
     return [
         ServiceSpec("ipam", "ipam", at(7701), at(9701)),
-        ServiceSpec("network", "network", at(7700), at(9700)),
+        ServiceSpec("network", "network", at(7700), at(9700), ["--ipam", at(7701)]),
         ServiceSpec("dns", "dns", at(7702), at(9702)),
         ServiceSpec("netagent-1", "netagent", at(7711), at(9711), ["--node-name", "pinet-host-1"]),
         ServiceSpec("lb-1", "lb", at(7721), at(9721), ["--node-name", "pinet-host-1"]),
@@ -131,11 +131,18 @@ async def run_stack(args: argparse.Namespace) -> int:
 
     print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
     await asyncio.to_thread(etcd.start)
-    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in default_services(offset=args.port_offset)]
+    specs = default_services(offset=args.port_offset)
+    for spec in specs:
+        if spec.module == "network":
+            spec.extra += ["--bootstrap-dir", str(state)]
+    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in specs]
     watchers: list[asyncio.Task[None]] = []
     try:
         for child in children:
             await child.start()
+        # Supervise from the start: a service that exits while its
+        # dependencies come up is restarted like any other.
+        watchers = [asyncio.create_task(c.supervise()) for c in children]
         waiting = asyncio.gather(*(wait_serving(c.spec.listen, args.start_timeout) for c in children))
         stopped = asyncio.create_task(stop.wait())
         first: set[asyncio.Future[Any]] = {waiting, stopped}
@@ -146,7 +153,6 @@ async def run_stack(args: argparse.Namespace) -> int:
                 await waiting
             return 130
         waiting.result()
-        watchers = [asyncio.create_task(c.supervise()) for c in children]
         print_table(etcd, children, log_dir)
         if args.exit_when_ready:
             return 0

@@ -94,6 +94,10 @@ IPAM_ADDRESSES = Kind("ipam/addresses", ipam_pb2.Allocation, ("pool",))
 # idempotent and lets release-by-owner find the address without a scan.
 IPAM_HANDLES = Kind("ipam/handles", ipam_pb2.Allocation, ("pool",))
 
+TOKENS = Kind("tokens", objects_pb2.TokenRecord)
+NODE_PORTS = Kind("nodeports", objects_pb2.NodePortClaim)
+VNIS = Kind("vnis", objects_pb2.VniClaim)
+
 LEADER_PREFIX = f"{ROOT}leader/"
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from pinet.errors import (
     ApiError,
@@ -25,6 +23,7 @@ from pinet.etcd.batch import TxnBatcher
 from pinet.etcd.client import Etcd, key_missing, op_delete, op_put, prefix_empty, unchanged_since
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS, NODE_LEASES
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.meta import now
 from pinet.services.ipam import store
 from pinet.services.ipam.cache import PoolCache
 from pinet.services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, network_pools, overlaps
@@ -193,7 +192,7 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
         pool, state = self._pool(request.pool)
         self._check_owner(pool, request.owner)
         alloc = ipam_pb2.Allocation(pool=pool.name, owner=request.owner)
-        alloc.allocated_at.CopyFrom(_now())
+        alloc.allocated_at.CopyFrom(now())
         if request.address:
             return await self._allocate_specific(pool, state, alloc, request.address)
         for _ in range(MAX_CLAIM_ATTEMPTS):
@@ -321,8 +320,3 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
             if not more or not kvs:
                 return resp
             start = kvs[-1].key + b"\0"
-
-
-def _now() -> Timestamp:
-    nanos = time.time_ns()
-    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)

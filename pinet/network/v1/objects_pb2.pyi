@@ -941,3 +941,107 @@ class FloatingIP(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FloatingIP: _TypeAlias = FloatingIP  # noqa: Y015
+
+@_typing.final
+class TokenRecord(_message.Message):
+    """------------------------------------------------------- storage records
+    Records the network service keeps in etcd beside the API objects. They
+    are not returned by any call; they are documented here because agents and
+    other-language tools may read etcd directly.
+
+    An issued bearer token, stored under /pinet/v1/tokens/<sha256 of token>.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Short public identifier (to revoke it)."""
+    tenant: _builtins.str
+    admin: _builtins.bool
+    description: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "created_at", b"created_at", "description", b"description", "tenant", b"tenant", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenRecord: _TypeAlias = TokenRecord  # noqa: Y015
+
+@_typing.final
+class NodePortClaim(_message.Message):
+    """The claim on a node port, stored under /pinet/v1/nodeports/<proto>-<port>.
+    Node ports live on every host's own addresses, so one range serves all
+    tenants and each port has one owner.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    protocol: _meta_pb2.Protocol.ValueType
+    port: _builtins.int
+    tenant: _builtins.str
+    namespace: _builtins.str
+    service: _builtins.str
+    def __init__(
+        self,
+        *,
+        protocol: _meta_pb2.Protocol.ValueType = ...,
+        port: _builtins.int = ...,
+        tenant: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "port", b"port", "protocol", b"protocol", "service", b"service", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodePortClaim: _TypeAlias = NodePortClaim  # noqa: Y015
+
+@_typing.final
+class VniClaim(_message.Message):
+    """The claim on a VXLAN network identifier, stored under /pinet/v1/vnis/<vni>."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VNI_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    vni: _builtins.int
+    tenant: _builtins.str
+    network: _builtins.str
+    def __init__(
+        self,
+        *,
+        vni: _builtins.int = ...,
+        tenant: _builtins.str = ...,
+        network: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "tenant", b"tenant", "vni", b"vni"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VniClaim: _TypeAlias = VniClaim  # noqa: Y015

@@ -1,0 +1,17 @@
+"""Small helpers for API object metadata."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+
+def now() -> Timestamp:
+    nanos = time.time_ns()
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+
+
+def new_uid() -> str:
+    return str(uuid.uuid4())

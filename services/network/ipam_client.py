@@ -1,0 +1,47 @@
+"""The network service's calls to ipam, with ipam's errors passed on."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from pinet.errors import ApiError
+from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+
+if TYPE_CHECKING:
+    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
+
+
+class IpamClient:
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub: IpamServiceAsyncStub = ipam_pb2_grpc.IpamServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def call(self, method: str, request: Any, field: str = "") -> Any:
+        """Call an ipam method; its errors become ApiErrors with the same
+        code, the message prefixed with the caller's field when given."""
+        try:
+            return await getattr(self.stub, method)(request, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            details = exc.details() or code.name
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ApiError(
+                    grpc.StatusCode.UNAVAILABLE, f"address management (ipam) is unavailable: {details}"
+                ) from None
+            raise ApiError(code, f"{field}: {details}" if field else details) from None
+
+    async def allocate(
+        self, pool: str, owner: ipam_pb2.Owner, address: str = "", field: str = ""
+    ) -> ipam_pb2.Allocation:
+        resp = await self.call("Allocate", ipam_pb2.AllocateRequest(pool=pool, owner=owner, address=address), field)
+        alloc: ipam_pb2.Allocation = resp.allocation
+        return alloc
+
+    async def release_handle(self, pool: str, handle: str, tenant: str) -> None:
+        await self.call("Release", ipam_pb2.ReleaseRequest(pool=pool, handle=handle, tenant=tenant))
