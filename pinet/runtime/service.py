@@ -197,14 +197,19 @@ async def serve(app: App, args: argparse.Namespace) -> int:
 def run(app: App, argv: Sequence[str] | None = None) -> int:
     args = build_parser(app).parse_args(argv)
     setup_logging(app.name, args.log_level, args.log_format)
+    loop_factory = None
     try:
         import uvloop
 
-        uvloop.install()
+        # Only the service's own loop: installing uvloop as the policy would
+        # also hand it to libraries that run loops of their own (pyroute2's
+        # netlink sockets do not work on uvloop).
+        loop_factory = uvloop.new_event_loop
     except ImportError:
         pass
     try:
-        return asyncio.run(serve(app, args))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(app, args))
     except KeyboardInterrupt:
         return 130
 

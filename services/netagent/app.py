@@ -1,9 +1,6 @@
-"""The netagent service: wires pods into tenant networks on one host.
-
-This version registers the node and keeps its heartbeat lease (so the
-scheduler sees it Ready); the Attach/Detach/Check/List calls still answer
-UNIMPLEMENTED and nothing is wired (issue 5).
-"""
+"""The netagent service: wires pods into their tenant's layer-2 network on
+one host and keeps them so (see agent.py), registers the node and keeps its
+heartbeat lease."""
 
 from __future__ import annotations
 
@@ -13,6 +10,8 @@ from pinet.netagent.v1 import netagent_pb2_grpc
 from pinet.network.v1 import objects_pb2
 from pinet.nodes import NodeRegistration
 from pinet.runtime.service import BaseApp, Runtime, main_for
+from pinet.services.netagent.agent import Agent, AgentServicer
+from pinet.services.netagent.kernel import Kernel
 
 
 class NetagentApp(BaseApp):
@@ -21,25 +20,38 @@ class NetagentApp(BaseApp):
 
     def __init__(self) -> None:
         self.registration: NodeRegistration | None = None
+        self.agent: Agent | None = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--underlay-ip", default="", help="this host's address on the underlay network")
+        parser.add_argument(
+            "--host-netns", default="", help="network namespace that plays this host (empty: the root namespace)"
+        )
+        parser.add_argument("--underlay-ip", required=True, help="this host's address on the underlay network")
+        parser.add_argument("--underlay-mtu", type=int, default=1500, help="MTU of the underlay network")
         parser.add_argument("--heartbeat-ttl", type=int, default=5, help="seconds the node stays Ready without us")
+        parser.add_argument("--resync-interval", type=float, default=10.0, help="seconds between full repairs")
 
     def setup(self, rt: Runtime) -> None:
+        kernel = Kernel(rt.args.node_name, rt.args.host_netns, rt.args.underlay_ip, rt.args.underlay_mtu)
+        self.agent = Agent(rt.etcd, rt.args.node_name, kernel, rt.args.resync_interval)
         rt.add_servicer(
             "pinet.netagent.v1.AgentService",
             netagent_pb2_grpc.add_AgentServiceServicer_to_server,
-            netagent_pb2_grpc.AgentServiceServicer(),  # type: ignore[abstract]  # skeleton: UNIMPLEMENTED
+            AgentServicer(self.agent),
         )
 
     async def start(self, rt: Runtime) -> None:
+        assert self.agent is not None
         await rt.etcd.wait_ready(timeout=60)
         node = objects_pb2.Node(name=rt.args.node_name, underlay_ip=rt.args.underlay_ip, agent_address=rt.args.listen)
         self.registration = NodeRegistration(rt.etcd, node, ttl=rt.args.heartbeat_ttl)
         await self.registration.start()
+        await self.agent.start()
+        rt.spawn(self.agent.run(), "netagent")
 
     async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
         if self.registration is not None:
             await self.registration.stop()
 

@@ -6,12 +6,15 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from collections.abc import Sequence
 
 from pinet.devstack.etcd import free_port
 from pinet.runtime.probe import wait_serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOG_DIR = Path(tempfile.gettempdir()) / "pinet-test-logs"
 
 
 class ServiceProcess:
@@ -23,6 +26,10 @@ class ServiceProcess:
         self.args = list(args)
         self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
+        # Logs stay after the test for whoever debugs it.
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOG_DIR / f"{service}-{self.port}.log"
+        self.stderr = ""
 
     async def start(self, timeout: float = 30.0) -> ServiceProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -39,7 +46,7 @@ class ServiceProcess:
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=open(self.log_path, "wb"),  # noqa: SIM115, ASYNC230 - the child keeps it
         )
         try:
             await wait_serving(self.address, timeout)
@@ -52,12 +59,12 @@ class ServiceProcess:
         assert self.proc is not None
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(self.proc.communicate(), timeout)
-        self.stderr = err.decode()
+        await asyncio.wait_for(self.proc.wait(), timeout)
+        self.stderr = self.log_path.read_text(errors="replace")
         assert self.proc.returncode is not None
         return self.proc.returncode
 
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
-            await self.proc.communicate()
+            await self.proc.wait()

@@ -1,0 +1,93 @@
+"""Simulated hosts for tests and the local stack, all in namespaces:
+
+    pinet-<id>-underlay   a bridge: the hosts' shared L2 network
+    pinet-<id>-h<N>       host N, 192.0.2.1N/24 on the underlay, default route via the internet
+    pinet-<id>-inet       "the internet": 192.0.2.1/24, where a test web server lives
+
+Nothing is added to the root namespace: every link is created inside these
+namespaces. teardown() removes them and every namespace their agents made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UNDERLAY_NET = "192.0.2"
+INTERNET_IP = f"{UNDERLAY_NET}.1"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=60)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
+    return out
+
+
+def netns_names() -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class SimulatedHosts:
+    ident: str = "lab"
+    count: int = 2
+    hosts: list[str] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return f"pinet-{self.ident}-"
+
+    @property
+    def underlay(self) -> str:
+        return f"{self.prefix}underlay"
+
+    @property
+    def internet(self) -> str:
+        return f"{self.prefix}inet"
+
+    def host(self, n: int) -> str:
+        return f"{self.prefix}h{n}"
+
+    def underlay_ip(self, n: int) -> str:
+        return f"{UNDERLAY_NET}.{10 + n}"
+
+    def setup(self) -> SimulatedHosts:
+        self.teardown()
+        try:
+            sh("ip", "netns", "add", self.underlay)
+            sh("ip", "-n", self.underlay, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.underlay, "link", "set", "br0", "up")
+            self._attach(self.internet, "inet", INTERNET_IP)
+            for n in range(1, self.count + 1):
+                self.hosts.append(self.host(n))
+                self._attach(self.host(n), f"h{n}", self.underlay_ip(n))
+                sh("ip", "-n", self.host(n), "route", "add", "default", "via", INTERNET_IP)
+        except Exception:
+            self.teardown()
+            raise
+        return self
+
+    def _attach(self, netns: str, port: str, address: str) -> None:
+        sh("ip", "netns", "add", netns)
+        sh("ip", "-n", self.underlay, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "-n", self.underlay, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+
+    def teardown(self) -> None:
+        for name in netns_names():
+            if name.startswith(self.prefix):
+                sh("ip", "netns", "del", name, check=False)
+        for path in Path("/etc/netns").glob(f"{self.prefix}*"):
+            shutil.rmtree(path, ignore_errors=True)
+        self.hosts.clear()
+
+    def exec(self, netns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, *args], capture_output=True, text=True, check=False, timeout=timeout
+        )

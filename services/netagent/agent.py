@@ -1,0 +1,321 @@
+"""The agent's reconciler and its gRPC API.
+
+Informers over pods, tenants and nodes give the desired wiring of this host
+(desired.compute); the reconciler makes the kernel equal to it, one pod or
+router at a time, and a periodic full pass removes what no pod explains and
+repairs what drifted. Kernel calls run on one worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from pinet.errors import failed_precondition, invalid, not_found, unary
+from pinet.etcd.client import Etcd
+from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.keyspace import NODES, PODS, TENANTS
+from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.network.v1 import objects_pb2
+from pinet.podstatus import set_network_ready
+from pinet.reconcile import Reconciler
+from pinet.services.netagent import desired, names
+from pinet.services.netagent.kernel import Kernel, netns_path
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Agent:
+    def __init__(self, etcd: Etcd, node: str, kernel: Kernel, resync_interval: float = 10.0) -> None:
+        self.etcd = etcd
+        self.node = node
+        self.kernel = kernel
+        self.resync_interval = resync_interval
+        self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode, "agent-pods")
+        self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "agent-tenants")
+        self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "agent-nodes")
+        self.reconciler: Reconciler[str] = Reconciler(f"netagent {node}", self.reconcile)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
+        self.wired_at: dict[str, float] = {}
+        self.pods.subscribe(self._on_pod)
+        self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
+        self.nodes.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
+
+    async def _k(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        for informer in (self.tenants, self.nodes, self.pods):
+            informer.start()
+        for informer in (self.tenants, self.nodes, self.pods):
+            await informer.wait_synced()
+        for pod in self.pods.values():
+            # Runtime namespaces survive an agent restart in etcd.
+            if (
+                pod.spec.node_name == self.node
+                and pod.metadata.annotations.get(desired.RUNTIME_NETNS) == "runtime"
+                and pod.status.netns
+            ):
+                self.attached[pod.metadata.uid] = pod.status.netns
+        await self._k(self.kernel.ensure_host)
+
+    async def run(self) -> None:
+        self.reconciler.enqueue("full")
+        worker = asyncio.create_task(self.reconciler.run())
+        try:
+            while True:
+                await asyncio.sleep(self.resync_interval)
+                self.reconciler.enqueue("full")
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def stop(self) -> None:
+        for informer in (self.pods, self.tenants, self.nodes):
+            await informer.stop()
+        await self._k(self.kernel.close)
+        self._executor.shutdown(wait=True)
+
+    # -------------------------------------------------------- desired
+
+    def wanted(self) -> desired.HostWiring:
+        tenants = {t.name: t for t in self.tenants.values()}
+        underlay = {n.name: n.underlay_ip for n in self.nodes.values() if n.underlay_ip}
+        return desired.compute(self.node, self.pods.values(), tenants, underlay, self.attached)
+
+    def _vni_of(self, pod: objects_pb2.Pod) -> int | None:
+        tenant = self.tenants.get(TENANTS.key(pod.metadata.tenant))
+        return tenant.network.vni if tenant is not None else None
+
+    def _on_pod(self, event: Event[objects_pb2.Pod]) -> None:
+        pod = event.obj
+        vni = self._vni_of(pod)
+        if pod.spec.node_name == self.node:
+            if event.type is EventType.DELETED:
+                self.attached.pop(pod.metadata.uid, None)
+            wiring_changed = (
+                event.old is None
+                or event.type is EventType.DELETED
+                or event.old.status.pod_ip != pod.status.pod_ip
+                or event.old.metadata.annotations != pod.metadata.annotations
+            )
+            if wiring_changed:
+                self.reconciler.enqueue(f"pod:{pod.metadata.uid}")
+        elif vni is not None and (event.old is None or event.type is EventType.DELETED or
+                                  event.old.spec.node_name != pod.spec.node_name):  # fmt: skip
+            # A remote pod of a tenant we may route for: forwarding entries.
+            self.reconciler.enqueue(f"router:{vni}")
+
+    # ------------------------------------------------------ reconcile
+
+    async def reconcile(self, key: str) -> None:
+        kind, _, ident = key.partition(":")
+        want = self.wanted()
+        if kind == "full":
+            await self._full(want)
+        elif kind == "router":
+            vni = int(ident)
+            router = want.routers.get(vni)
+            if router is not None:
+                changes = await self._k(self.kernel.ensure_router, router)
+                self._log(changes)
+            elif names.router_netns(self.node, vni) in await self._k(self.kernel.owned_netns):
+                self._log(await self._k(self.kernel.remove_router, names.router_netns(self.node, vni)))
+        elif kind == "pod":
+            await self._reconcile_pod(ident, want)
+
+    async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> None:
+        wiring = want.pods.get(uid)
+        if wiring is None:
+            await self._remove_pod(uid, want)
+            return
+        router = want.routers[wiring.vni]
+        changes = await self._k(self.kernel.ensure_router, router)
+        changes += await self._k(self.kernel.ensure_pod, wiring, router.netns)
+        self._log(changes)
+        pod = self.pods.get(PODS.key(wiring.tenant, wiring.namespace, wiring.name))
+        path = netns_path(wiring.netns)
+        if pod is not None and (not pod.status.network_ready or pod.status.netns != path):
+            await set_network_ready(self.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, path)
+            self.wired_at[uid] = time.monotonic()
+
+    async def _remove_pod(self, uid: str, want: desired.HostWiring) -> None:
+        owned = await self._k(self.kernel.owned_netns)
+        routers = [n for n in owned if n.removeprefix(self.kernel.prefix).startswith("r")]
+        changes: list[str] = []
+        for router_ns in routers:
+            links = await self._k(self.kernel.router_pod_links, router_ns)
+            if uid in links:
+                agent_owned = uid not in self.attached
+                netns = names.pod_netns(self.node, uid) if agent_owned else self.attached[uid]
+                changes += await self._k(self.kernel.remove_pod, uid, router_ns, links[uid], netns, agent_owned)
+                vni = int(router_ns.rsplit("-r", 1)[1])
+                if vni not in want.routers:
+                    changes += await self._k(self.kernel.remove_router, router_ns)
+        pod_ns = names.pod_netns(self.node, uid)
+        if pod_ns in owned:
+            changes += await self._k(self.kernel.remove_orphan_netns, pod_ns)
+        self._log(changes)
+
+    async def _full(self, want: desired.HostWiring) -> None:
+        owned = await self._k(self.kernel.owned_netns)
+        wanted_pod_ns = {p.netns for p in want.pods.values() if p.agent_owned}
+        wanted_router_ns = {r.netns for r in want.routers.values()}
+        changes: list[str] = []
+        for name in owned:
+            kind = name.removeprefix(self.kernel.prefix)[:1]
+            if kind == "p" and name not in wanted_pod_ns:
+                changes += await self._k(self.kernel.remove_orphan_netns, name)
+            elif kind == "r" and name not in wanted_router_ns:
+                changes += await self._k(self.kernel.remove_router, name)
+        for router in want.routers.values():
+            if router.netns in owned:
+                links = await self._k(self.kernel.router_pod_links, router.netns)
+                for uid, ifname in links.items():
+                    if uid not in want.pods:
+                        changes += await self._k(self.kernel.remove_pod, uid, router.netns, ifname, "", False)
+        changes += await self._k(self.kernel.ensure_host)
+        self._log(changes)
+        for vni in want.routers:
+            self.reconciler.enqueue(f"router:{vni}")
+        for uid in want.pods:
+            self.reconciler.enqueue(f"pod:{uid}")
+
+    def _log(self, changes: list[str]) -> None:
+        for change in changes:
+            log.info("kernel: %s", change)
+
+    # ------------------------------------------------------ API helpers
+
+    def find_pod(self, ref: netagent_pb2.PodRef) -> objects_pb2.Pod:
+        if not (ref.tenant and ref.name):
+            raise invalid("pod.tenant and pod.name: required")
+        pod = self.pods.get(PODS.key(ref.tenant, ref.namespace or "default", ref.name))
+        if pod is None or (ref.uid and pod.metadata.uid != ref.uid):
+            raise not_found(f"pod {ref.namespace or 'default'}/{ref.name} of tenant {ref.tenant} not found")
+        if pod.spec.node_name != self.node:
+            raise failed_precondition(f"pod {pod.metadata.name} is scheduled on {pod.spec.node_name}, not {self.node}")
+        if not pod.status.pod_ip:
+            raise failed_precondition(f"pod {pod.metadata.name} has no address yet")
+        return pod
+
+    def attachment(self, wiring: desired.PodWiring, router: desired.RouterWiring) -> netagent_pb2.Attachment:
+        return netagent_pb2.Attachment(
+            pod=netagent_pb2.PodRef(tenant=wiring.tenant, namespace=wiring.namespace, name=wiring.name, uid=wiring.uid),
+            netns_path=netns_path(wiring.netns),
+            interface_name="eth0",
+            mac=wiring.mac,
+            address_cidr=wiring.address_cidr,
+            gateway=wiring.gateway,
+            mtu=self.kernel.mtu,
+            host_interface=f"{router.netns}/{wiring.host_ifname}",
+            dns_servers=[wiring.dns_ip],
+            dns_search=[f"{wiring.namespace}.svc.cluster.local", "svc.cluster.local", "cluster.local"],
+            dns_options=["ndots:5"],
+        )
+
+
+class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    @unary
+    async def Attach(self, request: netagent_pb2.AttachRequest, context: Context) -> netagent_pb2.AttachResponse:
+        agent = self.agent
+        pod = agent.find_pod(request.pod)
+        uid = pod.metadata.uid
+        runtime = pod.metadata.annotations.get(desired.RUNTIME_NETNS) == "runtime"
+        if request.interface_name and request.interface_name != "eth0":
+            raise invalid("interface_name: pinet wires eth0 only")
+        if request.netns_path:
+            if not runtime:
+                raise invalid(
+                    f"netns_path: pod {pod.metadata.name} is not runtime-managed "
+                    f"(annotate it {desired.RUNTIME_NETNS}: runtime)"
+                )
+            if not request.netns_path.startswith("/run/netns/") and not request.netns_path.startswith(
+                "/var/run/netns/"
+            ):
+                raise invalid("netns_path: must be a named namespace under /run/netns")
+            path = request.netns_path.replace("/var/run/netns/", "/run/netns/")
+            previous = agent.attached.get(uid)
+            if previous and previous != path:
+                raise failed_precondition(f"pod {pod.metadata.name} is attached to {previous} already")
+            agent.attached[uid] = path
+        elif runtime and uid not in agent.attached:
+            raise invalid("netns_path: required for a runtime-managed pod")
+        want = agent.wanted()
+        wiring = want.pods[uid]
+        router = want.routers[wiring.vni]
+        changes = await agent._k(agent.kernel.ensure_router, router)
+        changes += await agent._k(agent.kernel.ensure_pod, wiring, router.netns)
+        agent._log(changes)
+        await set_network_ready(
+            agent.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns)
+        )
+        return netagent_pb2.AttachResponse(attachment=agent.attachment(wiring, router), created=bool(changes))
+
+    @unary
+    async def Detach(self, request: netagent_pb2.DetachRequest, context: Context) -> netagent_pb2.DetachResponse:
+        agent = self.agent
+        ref = request.pod
+        pod = agent.pods.get(PODS.key(ref.tenant, ref.namespace or "default", ref.name)) if ref.tenant else None
+        uid = ref.uid or (pod.metadata.uid if pod is not None else "")
+        if pod is not None and pod.metadata.annotations.get(desired.RUNTIME_NETNS) != "runtime":
+            raise failed_precondition(f"pod {pod.metadata.name} is wired by the agent itself; delete the pod instead")
+        if not uid or uid not in agent.attached:
+            return netagent_pb2.DetachResponse(removed=False)
+        path = agent.attached.pop(uid)
+        want = agent.wanted()
+        removed = False
+        for router in want.routers.values():
+            links = await agent._k(agent.kernel.router_pod_links, router.netns)
+            if uid in links:
+                agent._log(await agent._k(agent.kernel.remove_pod, uid, router.netns, links[uid], path, False))
+                removed = True
+        if pod is not None:
+            m = pod.metadata
+            await set_network_ready(agent.etcd, m.tenant, m.namespace, m.name, m.uid, False, "", "detached")
+        agent.reconciler.enqueue("full")
+        return netagent_pb2.DetachResponse(removed=removed)
+
+    @unary
+    async def Check(self, request: netagent_pb2.CheckRequest, context: Context) -> netagent_pb2.CheckResponse:
+        agent = self.agent
+        pod = agent.find_pod(request.pod)
+        want = agent.wanted()
+        wiring = want.pods.get(pod.metadata.uid)
+        if wiring is None:
+            return netagent_pb2.CheckResponse(healthy=False, problems=["the pod is not attached"])
+        router = want.routers[wiring.vni]
+        problems = await agent._k(agent.kernel.check_pod, wiring, router.netns)
+        return netagent_pb2.CheckResponse(
+            healthy=not problems, problems=problems, attachment=agent.attachment(wiring, router)
+        )
+
+    @unary
+    async def List(self, request: netagent_pb2.ListRequest, context: Context) -> netagent_pb2.ListResponse:
+        want = self.agent.wanted()
+        size = min(request.page_size or 500, 5000)
+        uids = sorted(
+            uid for uid, w in want.pods.items()
+            if (not request.tenant or w.tenant == request.tenant) and uid > request.page_token
+        )  # fmt: skip
+        resp = netagent_pb2.ListResponse()
+        for uid in uids[:size]:
+            wiring = want.pods[uid]
+            resp.attachments.append(self.agent.attachment(wiring, want.routers[wiring.vni]))
+        if len(uids) > size:
+            resp.next_page_token = uids[size - 1]
+        return resp

@@ -1,0 +1,141 @@
+"""What one host's wiring should be, computed from the API objects (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pinet.network.v1 import objects_pb2
+from pinet.services.netagent import names
+
+# Pods the container runtime gives a namespace to (through CNI) carry this
+# annotation; the agent then waits for Attach instead of making one.
+RUNTIME_NETNS = "pinet.io/netns"
+
+
+@dataclass(frozen=True)
+class PodWiring:
+    uid: str
+    tenant: str
+    namespace: str
+    name: str
+    vni: int
+    ip: str
+    prefix_len: int
+    gateway: str
+    dns_ip: str
+    mac: str
+    netns: str  # a name under /run/netns, or an absolute path given by a runtime
+    agent_owned: bool
+    host_ifname: str
+
+    @property
+    def address_cidr(self) -> str:
+        return f"{self.ip}/{self.prefix_len}"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote pod of the same tenant network, behind another host's VTEP."""
+
+    ip: str
+    mac: str
+    vtep: str
+
+
+@dataclass(frozen=True)
+class RouterWiring:
+    tenant: str
+    vni: int
+    netns: str
+    cidr: str
+    gateway: str
+    dns_ip: str
+    mac: str
+    transit_host: str
+    transit_router: str
+    vteps: frozenset[str] = field(default_factory=frozenset)  # remote hosts with this tenant's pods
+    peers: frozenset[Peer] = field(default_factory=frozenset)
+
+    @property
+    def prefix_len(self) -> int:
+        return ipaddress.IPv4Network(self.cidr).prefixlen
+
+
+@dataclass(frozen=True)
+class HostWiring:
+    routers: dict[int, RouterWiring]
+    pods: dict[str, PodWiring]
+
+
+def compute(
+    node: str,
+    pods: Iterable[objects_pb2.Pod],
+    tenants: Mapping[str, objects_pb2.Tenant],
+    underlay: Mapping[str, str],
+    attached: Mapping[str, str],
+) -> HostWiring:
+    """node: this host. underlay: node -> underlay IP of every node.
+    attached: pod uid -> namespace path that a runtime gave through Attach."""
+    local: dict[str, PodWiring] = {}
+    remote: dict[str, list[objects_pb2.Pod]] = {}
+    for pod in pods:
+        if not pod.status.pod_ip or pod.metadata.HasField("deletion_timestamp"):
+            continue
+        tenant = tenants.get(pod.metadata.tenant)
+        if tenant is None:
+            continue
+        if pod.spec.node_name != node:
+            remote.setdefault(pod.metadata.tenant, []).append(pod)
+            continue
+        runtime = pod.metadata.annotations.get(RUNTIME_NETNS) == "runtime"
+        netns = attached.get(pod.metadata.uid, "") if runtime else names.pod_netns(node, pod.metadata.uid)
+        if not netns:
+            continue  # waits for the runtime's Attach
+        net = tenant.network
+        local[pod.metadata.uid] = PodWiring(
+            uid=pod.metadata.uid,
+            tenant=pod.metadata.tenant,
+            namespace=pod.metadata.namespace,
+            name=pod.metadata.name,
+            vni=net.vni,
+            ip=pod.status.pod_ip,
+            prefix_len=ipaddress.IPv4Network(net.cidr).prefixlen,
+            gateway=net.gateway,
+            dns_ip=net.dns_ip,
+            mac=names.pod_mac(pod.status.pod_ip),
+            netns=netns,
+            agent_owned=not runtime,
+            host_ifname=names.pod_host_ifname(pod.metadata.uid),
+        )
+    routers: dict[int, RouterWiring] = {}
+    for pw in local.values():
+        if pw.vni in routers:
+            continue
+        net = tenants[pw.tenant].network
+        peers = frozenset(
+            names_peer for p in remote.get(pw.tenant, []) if (names_peer := _peer(p, underlay)) is not None
+        )
+        host_ip, router_ip = names.transit(net.vni)
+        routers[net.vni] = RouterWiring(
+            tenant=pw.tenant,
+            vni=net.vni,
+            netns=names.router_netns(node, net.vni),
+            cidr=net.cidr,
+            gateway=net.gateway,
+            dns_ip=net.dns_ip,
+            mac=names.router_mac(node, net.vni),
+            transit_host=host_ip,
+            transit_router=router_ip,
+            vteps=frozenset(p.vtep for p in peers),
+            peers=peers,
+        )
+    return HostWiring(routers, local)
+
+
+def _peer(pod: objects_pb2.Pod, underlay: Mapping[str, str]) -> Peer | None:
+    vtep = underlay.get(pod.spec.node_name)
+    if not vtep:
+        return None
+    return Peer(pod.status.pod_ip, names.pod_mac(pod.status.pod_ip), vtep)

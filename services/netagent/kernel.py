@@ -1,0 +1,496 @@
+"""The agent's hands: namespaces, links, addresses, routes, FDB and
+neighbour entries through pyroute2, and nftables rule sets through `nft`.
+
+Every method is idempotent and reads the kernel before it changes anything,
+so calling it on healthy wiring changes nothing; each returns a list of what
+it changed. Calls are synchronous and run on one worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import ipaddress
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, NetlinkError
+
+from pinet.services.netagent import names
+from pinet.services.netagent.desired import PodWiring, RouterWiring
+
+log = logging.getLogger(__name__)
+
+NUD_PERMANENT = 0x80
+AF_BRIDGE = 7
+NETNS_RUN = Path("/run/netns")
+NETNS_ETC = Path("/etc/netns")
+ZERO_MAC = "00:00:00:00:00:00"
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class KernelError(Exception):
+    pass
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def open_netlink(netns: str) -> IPRoute:
+    """A netlink socket inside netns (a name under /run/netns or a path).
+
+    The calling thread enters the namespace only to create the socket, which
+    stays bound to it; pyroute2's NetNS would fork a helper instead, and
+    forking a process that runs gRPC threads is not safe."""
+    path = netns if netns.startswith("/") else str(NETNS_RUN / netns)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        os.close(own)
+        raise KernelError(f"namespace {netns} does not exist") from None
+    try:
+        _setns(target)
+        try:
+            return IPRoute()
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def list_netns() -> set[str]:
+    try:
+        return set(os.listdir(NETNS_RUN))
+    except FileNotFoundError:
+        return set()
+
+
+def create_netns(name: str) -> None:
+    _run(["ip", "netns", "add", name])
+
+
+def remove_netns(name: str) -> None:
+    if name in list_netns():
+        _run(["ip", "netns", "del", name])
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def _run(args: list[str], stdin: str | None = None) -> None:
+    out = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False, timeout=30)
+    if out.returncode != 0:
+        raise KernelError(f"{' '.join(args[:4])}...: {out.stderr.strip()}")
+
+
+def router_ruleset(r: RouterWiring) -> tuple[str, str]:
+    """The router's own firewall: egress NAT, nothing new from outside.
+    Returns (digest, nft script); the script replaces only pinet's tables."""
+    platform = f"{r.gateway}-{_nth(r.cidr, 9)}"
+    body = f"""
+table ip pinet {{
+  comment "DIGEST"
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{names.ROUTER_UPLINK}" ip saddr {r.cidr} masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{names.ROUTER_UPLINK}" ct state established,related accept
+    iifname "{names.ROUTER_UPLINK}" ct status dnat accept
+    iifname "{names.ROUTER_UPLINK}" drop
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{names.ROUTER_UPLINK}" ct state established,related accept
+    iifname "{names.ROUTER_UPLINK}" drop
+  }}
+}}
+table bridge pinet {{
+  comment "DIGEST"
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{names.ROUTER_VXLAN}" arp operation request arp daddr ip {platform} drop
+  }}
+}}
+"""
+    digest = "pinet-" + hashlib.sha256(body.encode()).hexdigest()[:16]
+    # Declaring then deleting makes the replacement work whether or not the
+    # tables exist; all of it is one atomic nft transaction.
+    reset = "table ip pinet\ndelete table ip pinet\ntable bridge pinet\ndelete table bridge pinet\n"
+    return digest, reset + body.replace("DIGEST", digest)
+
+
+def host_ruleset() -> str:
+    return f"""
+table ip pinet-host {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {names.TRANSIT_NET} oifname != "pr*" masquerade
+  }}
+}}
+"""
+
+
+def _nth(cidr: str, n: int) -> str:
+    return str(ipaddress.IPv4Network(cidr).network_address + n)
+
+
+class Kernel:
+    def __init__(self, node: str, host_netns: str, underlay_ip: str, underlay_mtu: int = 1500) -> None:
+        self.node = node
+        self.host_netns = host_netns
+        self.underlay_ip = underlay_ip
+        self.mtu = names.pod_mtu(underlay_mtu)
+        self._sockets: dict[str, Any] = {}
+        self.prefix = names.netns_prefix(node)
+
+    # ------------------------------------------------------------ sockets
+
+    def _ns(self, name: str) -> Any:
+        """A netlink socket inside namespace name ("" = the host namespace)."""
+        key = name or self.host_netns or "<root>"
+        sock = self._sockets.get(key)
+        if sock is None:
+            if name or self.host_netns:
+                sock = open_netlink(name or self.host_netns)
+            else:
+                sock = IPRoute()
+            self._sockets[key] = sock
+        return sock
+
+    def _drop(self, name: str) -> None:
+        sock = self._sockets.pop(name, None)
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+
+    def close(self) -> None:
+        for name in list(self._sockets):
+            self._drop(name)
+
+    def _exec(self, netns: str, *args: str, stdin: str | None = None) -> None:
+        """Run a command inside netns ("" = the host namespace)."""
+        target = netns or self.host_netns
+        prefix = ["ip", "netns", "exec", target] if target else []
+        _run([*prefix, *args], stdin)
+
+    # ------------------------------------------------------------ reading
+
+    def owned_netns(self) -> set[str]:
+        return {n for n in list_netns() if n.startswith(self.prefix)}
+
+    def _link(self, ns: Any, ifname: str) -> Any:
+        found = ns.link_lookup(ifname=ifname)
+        return ns.get_links(found[0])[0] if found else None
+
+    # ------------------------------------------------------------- host
+
+    def ensure_host(self) -> list[str]:
+        changes: list[str] = []
+        self._exec("", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        if not self._has_table("", "ip", "pinet-host"):
+            self._exec("", "nft", "-f", "-", stdin=host_ruleset())
+            changes.append("host: nat table")
+        return changes
+
+    def _has_table(self, netns: str, family: str, table: str, marker: str = "") -> bool:
+        target = netns or self.host_netns
+        prefix = ["ip", "netns", "exec", target] if target else []
+        out = subprocess.run(
+            [*prefix, "nft", "list", "table", family, table], capture_output=True, text=True, check=False, timeout=30
+        )
+        return out.returncode == 0 and (not marker or marker in out.stdout)
+
+    # ----------------------------------------------------------- routers
+
+    def ensure_router(self, r: RouterWiring) -> list[str]:
+        changes: list[str] = []
+        if r.netns not in list_netns():
+            create_netns(r.netns)
+            changes.append(f"{r.netns}: created")
+            self._drop(r.netns)
+        ns = self._ns(r.netns)
+        lo = self._link(ns, "lo")
+        if lo is not None and not lo["flags"] & 1:
+            ns.link("set", index=lo["index"], state="up")
+        self._exec(r.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        changes += self._ensure_bridge(ns, r)
+        changes += self._ensure_uplink(ns, r)
+        changes += self._ensure_vxlan(ns, r)
+        digest, script = router_ruleset(r)
+        if not self._has_table(r.netns, "ip", "pinet", digest) or not self._has_table(
+            r.netns, "bridge", "pinet", digest
+        ):
+            self._exec(r.netns, "nft", "-f", "-", stdin=script)
+            changes.append(f"{r.netns}: rule set")
+        changes += self.sync_forwarding(r)
+        return changes
+
+    def _ensure_bridge(self, ns: Any, r: RouterWiring) -> list[str]:
+        changes: list[str] = []
+        br = self._link(ns, names.ROUTER_BRIDGE)
+        if br is None:
+            ns.link("add", ifname=names.ROUTER_BRIDGE, kind="bridge", address=r.mac, mtu=self.mtu)
+            br = self._link(ns, names.ROUTER_BRIDGE)
+            changes.append(f"{r.netns}: bridge")
+        index = br["index"]
+        if not br["flags"] & 1:
+            ns.link("set", index=index, state="up")
+        have = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in ns.get_addr(index=index)}
+        for address in (r.gateway, r.dns_ip):
+            if (address, r.prefix_len) not in have:
+                ns.addr("add", index=index, address=address, prefixlen=r.prefix_len)
+                changes.append(f"{r.netns}: {address}/{r.prefix_len} on {names.ROUTER_BRIDGE}")
+        return changes
+
+    def _ensure_uplink(self, ns: Any, r: RouterWiring) -> list[str]:
+        changes: list[str] = []
+        host = self._ns("")
+        host_side = names.uplink_host_ifname(r.vni)
+        up = self._link(ns, names.ROUTER_UPLINK)
+        if up is None:
+            stale = self._link(host, host_side)
+            if stale is not None:
+                host.link("del", index=stale["index"])
+            host.link(
+                "add", ifname=host_side, kind="veth", mtu=self.mtu,
+                peer={"ifname": names.ROUTER_UPLINK, "net_ns_fd": r.netns, "mtu": self.mtu},
+            )  # fmt: skip
+            changes.append(f"{r.netns}: uplink")
+            up = self._link(ns, names.ROUTER_UPLINK)
+        hs = self._link(host, host_side)
+        if hs is None:
+            raise KernelError(f"{host_side} vanished while being created")
+        for sock, link, address in ((host, hs, r.transit_host), (ns, up, r.transit_router)):
+            if not link["flags"] & 1:
+                sock.link("set", index=link["index"], state="up")
+            if address not in {_attr(a, "IFA_ADDRESS") for a in sock.get_addr(index=link["index"])}:
+                sock.addr("add", index=link["index"], address=address, prefixlen=30)
+                changes.append(f"{r.netns}: transit {address}")
+        routes = ns.get_routes(family=2, table=254)
+        if not any(rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == r.transit_host for rt in routes):
+            ns.route("replace", dst="0.0.0.0/0", gateway=r.transit_host)
+            changes.append(f"{r.netns}: default route")
+        return changes
+
+    def _ensure_vxlan(self, ns: Any, r: RouterWiring) -> list[str]:
+        changes: list[str] = []
+        vx = self._link(ns, names.ROUTER_VXLAN)
+        if vx is None:
+            host = self._ns("")
+            staging = names.vxlan_staging_ifname(r.vni)
+            stale = self._link(host, staging)
+            if stale is not None:
+                host.link("del", index=stale["index"])
+            # Created in the host namespace so that its UDP socket lives on
+            # the underlay, then moved into the router.
+            host.link(
+                "add", ifname=staging, kind="vxlan", vxlan_id=r.vni, vxlan_local=self.underlay_ip,
+                vxlan_port=names.VXLAN_PORT, vxlan_learning=0, mtu=self.mtu,
+            )  # fmt: skip
+            idx = host.link_lookup(ifname=staging)[0]
+            host.link("set", index=idx, net_ns_fd=r.netns)
+            idx = ns.link_lookup(ifname=staging)[0]
+            ns.link("set", index=idx, ifname=names.ROUTER_VXLAN)
+            vx = self._link(ns, names.ROUTER_VXLAN)
+            changes.append(f"{r.netns}: vxlan {r.vni}")
+        br = ns.link_lookup(ifname=names.ROUTER_BRIDGE)[0]
+        if _attr(vx, "IFLA_MASTER") != br or not vx["flags"] & 1:
+            ns.link("set", index=vx["index"], master=br, state="up")
+        return changes
+
+    def sync_forwarding(self, r: RouterWiring) -> list[str]:
+        """FDB entries on the VXLAN device (flood to every remote VTEP of the
+        tenant, unicast per remote pod MAC) and permanent neighbour entries
+        for remote pods on the router's bridge."""
+        changes: list[str] = []
+        ns = self._ns(r.netns)
+        vx = ns.link_lookup(ifname=names.ROUTER_VXLAN)
+        br = ns.link_lookup(ifname=names.ROUTER_BRIDGE)
+        if not vx or not br:
+            return changes
+        have: set[tuple[str, str]] = set()
+        for entry in ns.fdb("dump", ifindex=vx[0]):
+            dst = _attr(entry, "NDA_DST")
+            if dst:
+                have.add((_attr(entry, "NDA_LLADDR"), dst))
+        want = {(ZERO_MAC, vtep) for vtep in r.vteps} | {(p.mac, p.vtep) for p in r.peers}
+        for mac, dst in want - have:
+            ns.fdb("append", ifindex=vx[0], lladdr=mac, dst=dst)
+            changes.append(f"{r.netns}: fdb {mac} -> {dst}")
+        for mac, dst in have - want:
+            ns.fdb("del", ifindex=vx[0], lladdr=mac, dst=dst)
+            changes.append(f"{r.netns}: fdb -{mac} -> {dst}")
+        neighbours = {
+            (_attr(n, "NDA_DST"), _attr(n, "NDA_LLADDR"))
+            for n in ns.get_neighbours(ifindex=br[0], family=2)
+            if n["state"] & NUD_PERMANENT
+        }
+        wanted_neigh = {(p.ip, p.mac) for p in r.peers}
+        for ip, mac in wanted_neigh - neighbours:
+            ns.neigh("replace", dst=ip, lladdr=mac, ifindex=br[0], state=NUD_PERMANENT)
+        for ip, mac in neighbours - wanted_neigh:
+            with contextlib.suppress(NetlinkError):
+                ns.neigh("del", dst=ip, lladdr=mac, ifindex=br[0])
+        return changes
+
+    def remove_router(self, netns: str) -> list[str]:
+        vni = int(netns.rsplit("-r", 1)[1])
+        host = self._ns("")
+        for ifname in (names.uplink_host_ifname(vni), names.vxlan_staging_ifname(vni)):
+            link = self._link(host, ifname)
+            if link is not None:
+                host.link("del", index=link["index"])
+        self._drop(netns)
+        if netns in list_netns():
+            remove_netns(netns)
+        return [f"{netns}: removed"]
+
+    def router_pod_links(self, netns: str) -> dict[str, str]:
+        """pod uid (the link's alias) -> router-side link name."""
+        ns = self._ns(netns)
+        out = {}
+        for link in ns.get_links():
+            name = _attr(link, "IFLA_IFNAME")
+            alias = _attr(link, "IFLA_IFALIAS")
+            if name.startswith("pv") and alias:
+                out[alias] = name
+        return out
+
+    # -------------------------------------------------------------- pods
+
+    def _pod_ns_name(self, p: PodWiring) -> str:
+        return p.netns.removeprefix(str(NETNS_RUN) + "/")
+
+    def ensure_pod(self, p: PodWiring, router_netns: str) -> list[str]:
+        changes: list[str] = []
+        pod_ns_name = self._pod_ns_name(p)
+        if p.agent_owned and pod_ns_name not in list_netns():
+            create_netns(pod_ns_name)
+            changes.append(f"{pod_ns_name}: created")
+        elif not (NETNS_RUN / pod_ns_name).exists():
+            raise KernelError(f"namespace {p.netns} does not exist")
+        router = self._ns(router_netns)
+        with open_netlink(pod_ns_name) as pod:
+            lo = self._link(pod, "lo")
+            if lo is not None and not lo["flags"] & 1:
+                pod.link("set", index=lo["index"], state="up")
+            outer = self._link(router, p.host_ifname)
+            inner = self._link(pod, "eth0")
+            if outer is None or inner is None or _attr(outer, "IFLA_IFALIAS") != p.uid:
+                for sock, link in ((router, outer), (pod, inner)):
+                    if link is not None:
+                        sock.link("del", index=link["index"])
+                router.link(
+                    "add", ifname=p.host_ifname, kind="veth", mtu=self.mtu,
+                    peer={"ifname": "eth0", "net_ns_fd": pod_ns_name, "mtu": self.mtu, "address": p.mac},
+                )  # fmt: skip
+                changes.append(f"{p.name}: veth")
+                outer = self._link(router, p.host_ifname)
+                inner = self._link(pod, "eth0")
+            br = router.link_lookup(ifname=names.ROUTER_BRIDGE)[0]
+            if _attr(outer, "IFLA_MASTER") != br or not outer["flags"] & 1 or _attr(outer, "IFLA_IFALIAS") != p.uid:
+                router.link("set", index=outer["index"], master=br, state="up", ifalias=p.uid)
+                changes.append(f"{p.name}: plugged into {router_netns}")
+            if _attr(inner, "IFLA_ADDRESS") != p.mac or _attr(inner, "IFLA_MTU") != self.mtu or not inner["flags"] & 1:
+                pod.link("set", index=inner["index"], address=p.mac, mtu=self.mtu, state="up")
+                changes.append(f"{p.name}: eth0 up")
+            addrs = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=inner["index"])}
+            if (p.ip, p.prefix_len) not in addrs:
+                for address, prefixlen in addrs:
+                    pod.addr("del", index=inner["index"], address=address, prefixlen=prefixlen)
+                pod.addr("add", index=inner["index"], address=p.ip, prefixlen=p.prefix_len)
+                changes.append(f"{p.name}: {p.address_cidr}")
+            routes = pod.get_routes(family=2, table=254)
+            if not any(rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == p.gateway for rt in routes):
+                pod.route("replace", dst="0.0.0.0/0", gateway=p.gateway)
+                changes.append(f"{p.name}: default route")
+        if p.agent_owned:
+            changes += self._write_resolv_conf(pod_ns_name, p)
+        return changes
+
+    def _write_resolv_conf(self, pod_ns_name: str, p: PodWiring) -> list[str]:
+        path = NETNS_ETC / pod_ns_name / "resolv.conf"
+        content = names.resolv_conf(p.dns_ip, p.namespace)
+        if path.exists() and path.read_text() == content:
+            return []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        return [f"{p.name}: resolv.conf"]
+
+    def check_pod(self, p: PodWiring, router_netns: str) -> list[str]:
+        problems: list[str] = []
+        pod_ns_name = self._pod_ns_name(p)
+        if pod_ns_name not in list_netns():
+            return [f"namespace {pod_ns_name} is missing"]
+        if router_netns not in list_netns():
+            return [f"router namespace {router_netns} is missing"]
+        router = self._ns(router_netns)
+        outer = self._link(router, p.host_ifname)
+        if outer is None or _attr(outer, "IFLA_IFALIAS") != p.uid:
+            problems.append(f"router side {p.host_ifname} is missing")
+        with open_netlink(pod_ns_name) as pod:
+            inner = self._link(pod, "eth0")
+            if inner is None:
+                return [*problems, "eth0 is missing"]
+            if _attr(inner, "IFLA_ADDRESS") != p.mac:
+                problems.append(f"eth0 has MAC {_attr(inner, 'IFLA_ADDRESS')}, not {p.mac}")
+            addrs = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=inner["index"])}
+            if (p.ip, p.prefix_len) not in addrs:
+                problems.append(f"eth0 lacks {p.address_cidr}")
+            if not any(
+                rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == p.gateway
+                for rt in pod.get_routes(family=2, table=254)
+            ):
+                problems.append(f"no default route via {p.gateway}")
+        return problems
+
+    def remove_pod(self, uid: str, router_netns: str, host_ifname: str, netns: str, agent_owned: bool) -> list[str]:
+        changes: list[str] = []
+        if router_netns in list_netns():
+            router = self._ns(router_netns)
+            link = self._link(router, host_ifname)
+            if link is not None and _attr(link, "IFLA_IFALIAS") in (uid, None):
+                router.link("del", index=link["index"])
+                changes.append(f"{uid[:8]}: veth removed")
+        name = netns.removeprefix(str(NETNS_RUN) + "/")
+        if agent_owned:
+            if name in list_netns():
+                remove_netns(name)
+                changes.append(f"{name}: removed")
+            shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+        elif name in list_netns():
+            # A runtime's namespace stays; only our interface leaves it.
+            with open_netlink(name) as pod:
+                link = self._link(pod, "eth0")
+                if link is not None:
+                    pod.link("del", index=link["index"])
+                    changes.append(f"{name}: eth0 removed")
+        return changes
+
+    def remove_orphan_netns(self, name: str) -> list[str]:
+        self._drop(name)
+        remove_netns(name)
+        shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+        return [f"{name}: removed (no pod)"]
+
+
+def netns_path(name_or_path: str) -> str:
+    if name_or_path.startswith("/"):
+        return name_or_path
+    return os.path.join(str(NETNS_RUN), name_or_path)
