@@ -9,7 +9,20 @@ from pathlib import Path
 import pytest
 
 from pinet.devstack.etcd import EtcdServer
+from pinet.devstack.hosts import netns_names, sh
 from pinet.etcd.client import Etcd
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_namespaces() -> Iterator[None]:
+    """Safety net: whatever namespace named pinet* a test made and did not
+    remove is removed at the end of the session (and the session fails)."""
+    before = set(netns_names())
+    yield
+    left = [n for n in netns_names() if n.startswith("pinet") and n not in before]
+    for name in left:
+        sh("ip", "netns", "del", name, check=False)
+    assert not left, f"tests left these namespaces behind: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -150,16 +150,17 @@ class Agent:
             await set_network_ready(self.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, path)
             self.wired_at[uid] = time.monotonic()
 
-    async def _remove_pod(self, uid: str, want: desired.HostWiring) -> None:
+    async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> bool:
+        """Unwire pod uid wherever it is; runtime_netns names the runtime's
+        namespace when it was attached through CNI. True if anything went."""
         owned = await self._k(self.kernel.owned_netns)
         routers = [n for n in owned if n.removeprefix(self.kernel.prefix).startswith("r")]
         changes: list[str] = []
         for router_ns in routers:
             links = await self._k(self.kernel.router_pod_links, router_ns)
             if uid in links:
-                agent_owned = uid not in self.attached
-                netns = names.pod_netns(self.node, uid) if agent_owned else self.attached[uid]
-                changes += await self._k(self.kernel.remove_pod, uid, router_ns, links[uid], netns, agent_owned)
+                netns = runtime_netns or names.pod_netns(self.node, uid)
+                changes += await self._k(self.kernel.remove_pod, uid, router_ns, links[uid], netns, not runtime_netns)
                 vni = int(router_ns.rsplit("-r", 1)[1])
                 if vni not in want.routers:
                     changes += await self._k(self.kernel.remove_router, router_ns)
@@ -167,6 +168,7 @@ class Agent:
         if pod_ns in owned:
             changes += await self._k(self.kernel.remove_orphan_netns, pod_ns)
         self._log(changes)
+        return bool(changes)
 
     async def _full(self, want: desired.HostWiring) -> None:
         owned = await self._k(self.kernel.owned_netns)
@@ -277,13 +279,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         if not uid or uid not in agent.attached:
             return netagent_pb2.DetachResponse(removed=False)
         path = agent.attached.pop(uid)
-        want = agent.wanted()
-        removed = False
-        for router in want.routers.values():
-            links = await agent._k(agent.kernel.router_pod_links, router.netns)
-            if uid in links:
-                agent._log(await agent._k(agent.kernel.remove_pod, uid, router.netns, links[uid], path, False))
-                removed = True
+        removed = await agent._remove_pod(uid, agent.wanted(), runtime_netns=path)
         if pod is not None:
             m = pod.metadata
             await set_network_ready(agent.etcd, m.tenant, m.namespace, m.name, m.uid, False, "", "detached")

@@ -166,10 +166,8 @@ class Kernel:
         key = name or self.host_netns or "<root>"
         sock = self._sockets.get(key)
         if sock is None:
-            if name or self.host_netns:
-                sock = open_netlink(name or self.host_netns)
-            else:
-                sock = IPRoute()
+            target = name or self.host_netns
+            sock = open_netlink(target) if target else IPRoute()
             self._sockets[key] = sock
         return sock
 

@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from pinet.devstack.etcd import free_port
 from pinet.runtime.probe import wait_serving

@@ -4,6 +4,7 @@ agents, ipam and network, and two tenants."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -81,8 +82,11 @@ async def cloud(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactor
     hosts = await asyncio.to_thread(SimulatedHosts(uuid.uuid4().hex[:5], 3).setup)
     state = tmp_path_factory.mktemp("cloud")
     procs: list[ServiceProcess] = []
+    channel: grpc.aio.Channel | None = None
     try:
-        ipam = await ServiceProcess("ipam", etcd_server.endpoint, ["--floating-ranges", "", "--gc-interval", "0"]).start()
+        ipam = await ServiceProcess(
+            "ipam", etcd_server.endpoint, ["--floating-ranges", "", "--gc-interval", "0"]
+        ).start()
         procs.append(ipam)
         network = await ServiceProcess(
             "network", etcd_server.endpoint, ["--ipam", ipam.address, "--bootstrap-dir", str(state)]
@@ -92,17 +96,19 @@ async def cloud(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactor
         cloud = Cloud(hosts, {}, network, ipam, (state / "admin-token").read_text().strip(), channel,
                       etcd_server.endpoint)  # fmt: skip
         for n in (1, 2, 3):
-            procs.append(await cloud.start_agent(n))
+            await cloud.start_agent(n)
         yield cloud
-        for t in cloud.tenants.values():
-            for pod in (await t.call("ListPods", network_pb2.ListPodsRequest())).pods:
-                await t.call("DeletePod", network_pb2.ObjectRef(name=pod.metadata.name))
-        await asyncio.sleep(1)  # let the agents unwire
-        await channel.close(None)
+        with contextlib.suppress(Exception):
+            for t in cloud.tenants.values():
+                for pod in (await t.call("ListPods", network_pb2.ListPodsRequest())).pods:
+                    await t.call("DeletePod", network_pb2.ObjectRef(name=pod.metadata.name))
+            await asyncio.sleep(1)  # the agents unwire what they wired
+        procs += cloud.agents.values()
     finally:
+        if channel is not None:
+            await channel.close(None)
         for proc in reversed(procs):
-            if proc.proc is not None and proc.proc.returncode is None:
+            with contextlib.suppress(Exception):
                 await proc.terminate()
-        for agent in cloud.agents.values() if "cloud" in locals() else ():
-            await agent.kill()
+            await proc.kill()
         await asyncio.to_thread(hosts.teardown)
