@@ -1,8 +1,11 @@
 """Simulated hosts for tests and the local stack, all in namespaces:
 
-    pinet-<id>-underlay   a bridge: the hosts' shared L2 network
-    pinet-<id>-h<N>       host N, 192.0.2.1N/24 on the underlay, default route via the internet
-    pinet-<id>-inet       "the internet": 192.0.2.1/24, where a test web server lives
+    pinet-underlay     a bridge: the hosts' shared L2 network
+    pinet-host-<N>     host N, 192.0.2.1N/24 on the underlay, default route via the internet
+    pinet-internet     "the internet": 192.0.2.1/24, where a test web server lives
+
+With an ident (tests) the names are pinet-<ident>-underlay, -h<N> and -inet,
+so that several labs can exist side by side.
 
 Nothing is added to the root namespace: every link is created inside these
 namespaces. teardown() removes them and every namespace their agents made.
@@ -39,7 +42,7 @@ class SimulatedHosts:
 
     @property
     def prefix(self) -> str:
-        return f"pinet-{self.ident}-"
+        return f"pinet-{self.ident}-" if self.ident else "pinet-"
 
     @property
     def underlay(self) -> str:
@@ -47,10 +50,17 @@ class SimulatedHosts:
 
     @property
     def internet(self) -> str:
-        return f"{self.prefix}inet"
+        return f"{self.prefix}inet" if self.ident else "pinet-internet"
 
     def host(self, n: int) -> str:
-        return f"{self.prefix}h{n}"
+        return f"{self.prefix}h{n}" if self.ident else f"pinet-host-{n}"
+
+    def owns(self, netns: str) -> bool:
+        """Namespaces of this lab: its own and those its hosts' agents made."""
+        if self.ident:
+            return netns.startswith(self.prefix)
+        hosts = [self.host(n) for n in range(1, self.count + 1)]
+        return netns in (self.underlay, self.internet, *hosts) or any(netns.startswith(h + "-") for h in hosts)
 
     def underlay_ip(self, n: int) -> str:
         return f"{UNDERLAY_NET}.{10 + n}"
@@ -81,10 +91,11 @@ class SimulatedHosts:
 
     def teardown(self) -> None:
         for name in netns_names():
-            if name.startswith(self.prefix):
+            if self.owns(name):
                 sh("ip", "netns", "del", name, check=False)
-        for path in Path("/etc/netns").glob(f"{self.prefix}*"):
-            shutil.rmtree(path, ignore_errors=True)
+        for path in Path("/etc/netns").glob("pinet*"):
+            if self.owns(path.name):
+                shutil.rmtree(path, ignore_errors=True)
         self.hosts.clear()
 
     def exec(self, netns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pinet.devstack.etcd import EtcdServer
+from pinet.devstack.hosts import SimulatedHosts
 from pinet.runtime.config import EnvArgumentParser
 from pinet.runtime.probe import wait_serving
 
@@ -49,19 +50,25 @@ class ServiceSpec:
         ]
 
 
-def default_services(host: str = "127.0.0.1", offset: int = 0) -> list[ServiceSpec]:
+def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int = 0) -> list[ServiceSpec]:
     def at(port: int) -> str:
         return f"{host}:{port + offset}"
 
-    return [
+    specs = [
         ServiceSpec("ipam", "ipam", at(7701), at(9701)),
         ServiceSpec("network", "network", at(7700), at(9700), ["--ipam", at(7701)]),
         ServiceSpec("dns", "dns", at(7702), at(9702)),
-        ServiceSpec("netagent-1", "netagent", at(7711), at(9711), ["--node-name", "pinet-host-1"]),
-        ServiceSpec("lb-1", "lb", at(7721), at(9721), ["--node-name", "pinet-host-1"]),
-        ServiceSpec("netagent-2", "netagent", at(7712), at(9712), ["--node-name", "pinet-host-2"]),
-        ServiceSpec("lb-2", "lb", at(7722), at(9722), ["--node-name", "pinet-host-2"]),
     ]
+    for n in range(1, lab.count + 1):
+        node = lab.host(n)
+        specs += [
+            ServiceSpec(
+                f"netagent-{n}", "netagent", at(7710 + n), at(9710 + n),
+                ["--node-name", node, "--host-netns", node, "--underlay-ip", lab.underlay_ip(n)],
+            ),
+            ServiceSpec(f"lb-{n}", "lb", at(7720 + n), at(9720 + n), ["--node-name", node]),
+        ]  # fmt: skip
+    return specs
 
 
 class Supervised:
@@ -129,9 +136,17 @@ async def run_stack(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    lab = SimulatedHosts(args.lab, 2)
+    print(f"creating the simulated hosts: {', '.join(lab.host(n) for n in (1, 2))} on {lab.underlay}, "
+          f"with {lab.internet} outside", flush=True)  # fmt: skip
+    await asyncio.to_thread(lab.setup)
     print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
-    await asyncio.to_thread(etcd.start)
-    specs = default_services(offset=args.port_offset)
+    try:
+        await asyncio.to_thread(etcd.start)
+    except BaseException:
+        await asyncio.to_thread(lab.teardown)
+        raise
+    specs = default_services(lab, offset=args.port_offset)
     for spec in specs:
         if spec.module == "network":
             spec.extra += ["--bootstrap-dir", str(state)]
@@ -168,6 +183,7 @@ async def run_stack(args: argparse.Namespace) -> int:
         for w in watchers:
             w.cancel()
         await asyncio.to_thread(etcd.stop)
+        await asyncio.to_thread(lab.teardown)
         print("stopped", flush=True)
 
 
@@ -189,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcd-port", type=int, default=12379, help="etcd client port (peer port is +1)")
     parser.add_argument(
         "--port-offset", type=int, default=0, help="added to every service port (to run a second stack)"
+    )
+    parser.add_argument(
+        "--lab", default="", help="name the simulated hosts pinet-LAB-h1... instead of pinet-host-1... (tests)"
     )
     parser.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for SERVING")
     parser.add_argument(

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-from pinet.devstack.etcd import free_port
-from tests.helpers.procs import ROOT
+from pinet.devstack.hosts import netns_names
+from tests.helpers.stack import new_stack
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -28,44 +24,20 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def test_stack_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    etcd_port = free_port()
-    offset = random.randrange(20_000, 40_000, 100)
-    proc = subprocess.Popen(
-        [
-            os.path.join(ROOT, ".venv/bin/pinet"),
-            "stack",
-            "--state-dir",
-            str(tmp_path),
-            "--etcd-port",
-            str(etcd_port),
-            "--port-offset",
-            str(offset),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 90
+    stack = new_stack(tmp_path)
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "Press Ctrl-C" in line or time.monotonic() > deadline:
-                break
-        table = "".join(lines)
-        assert "Press Ctrl-C" in table, table
+        stack.start()
+        table = "".join(stack.banner)
         for name in ("etcd", "ipam", "network", "dns", "netagent-1", "netagent-2", "lb-1", "lb-2"):
-            assert any(line.startswith(name + " ") and "SERVING" in line for line in lines), (name, table)
-        assert f"127.0.0.1:{7700 + offset}" in table
-        assert processes_mentioning(f"127.0.0.1:{etcd_port}"), "children are running"
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=60)
+            assert any(line.startswith(name + " ") and "SERVING" in line for line in stack.banner), (name, table)
+        assert stack.api in table
+        assert processes_mentioning(f"127.0.0.1:{stack.etcd_port}"), "children are running"
+        hosts = [f"pinet-{stack.lab}-{suffix}" for suffix in ("h1", "h2", "inet", "underlay")]
+        assert set(hosts) <= set(netns_names()), "the simulated hosts exist"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, rest
+        rest = stack.stop()
+    assert stack.proc is not None and stack.proc.returncode == 0, rest
     assert "stopped" in rest
-    assert processes_mentioning(f"127.0.0.1:{etcd_port}") == [], "every child process is gone"
+    assert processes_mentioning(f"127.0.0.1:{stack.etcd_port}") == [], "every child process is gone"
+    assert not [n for n in netns_names() if n.startswith(f"pinet-{stack.lab}-")], "every namespace is gone"
     assert (tmp_path / "etcd").is_dir() and (tmp_path / "logs" / "ipam.log").is_file()

@@ -46,7 +46,7 @@ class ServiceProcess:
             cwd=ROOT,
             env={**os.environ, **self.env},
             stdout=asyncio.subprocess.DEVNULL,
-            stderr=open(self.log_path, "wb"),  # noqa: SIM115, ASYNC230 - the child keeps it
+            stderr=open(self.log_path, "wb"),
         )
         try:
             await wait_serving(self.address, timeout)

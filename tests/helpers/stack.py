@@ -19,6 +19,7 @@ class Stack:
     state: Path
     etcd_port: int
     offset: int
+    lab: str = ""
     proc: subprocess.Popen[str] | None = None
     banner: list[str] = field(default_factory=list)
 
@@ -33,7 +34,7 @@ class Stack:
     def start(self, timeout: float = 120) -> Stack:
         self.proc = subprocess.Popen(
             [os.path.join(ROOT, ".venv/bin/pinet"), "stack", "--state-dir", str(self.state),
-             "--etcd-port", str(self.etcd_port), "--port-offset", str(self.offset)],
+             "--etcd-port", str(self.etcd_port), "--port-offset", str(self.offset), "--lab", self.lab],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         )  # fmt: skip
         assert self.proc.stdout is not None
@@ -72,4 +73,4 @@ class Stack:
 
 
 def new_stack(tmp: Path) -> Stack:
-    return Stack(tmp, free_port(), random.randrange(20_000, 40_000, 100))
+    return Stack(tmp, free_port(), random.randrange(20_000, 40_000, 100), f"s{random.randrange(16**4):04x}")

@@ -12,7 +12,6 @@ import pytest
 
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, IPAM_ADDRESSES, IPAM_HANDLES, NODE_PORTS, PODS, SERVICES
-from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ROOT
 from tests.helpers.stack import Stack, new_stack
 
@@ -29,8 +28,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @pytest.mark.slow
 async def test_walkthrough_through_pi(stack: Stack, tmp_path: Path) -> None:
     etcd = await Etcd(stack.etcd).connect()
-    # Until netagent wires pods (issue 5), report them wired the way it will.
-    agents = await FakeWiringAgents(etcd, {"pinet-host-1": "", "pinet-host-2": ""}, register=False).start()
     try:
         out = await asyncio.to_thread(stack.pi, "create", "fip")
         match = re.fullmatch(r"fip/(\d+\.\d+\.\d+\.\d+)\n", out.stdout)
@@ -81,5 +78,4 @@ async def test_walkthrough_through_pi(stack: Stack, tmp_path: Path) -> None:
             bad = await asyncio.to_thread(stack.pi, *args, check=False)
             assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr, bad.stderr
     finally:
-        await agents.stop()
         await etcd.close()
