@@ -141,7 +141,7 @@ class Agent:
             await self._remove_pod(uid, want)
             return
         router = want.routers[wiring.vni]
-        changes = await self._k(self.kernel.ensure_router, router)
+        changes = await self._k(self.kernel.ensure_router_for_pod, router)
         changes += await self._k(self.kernel.ensure_pod, wiring, router.netns)
         self._log(changes)
         pod = self.pods.get(PODS.key(wiring.tenant, wiring.namespace, wiring.name))
@@ -260,7 +260,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         want = agent.wanted()
         wiring = want.pods[uid]
         router = want.routers[wiring.vni]
-        changes = await agent._k(agent.kernel.ensure_router, router)
+        changes = await agent._k(agent.kernel.ensure_router_for_pod, router)
         changes += await agent._k(agent.kernel.ensure_pod, wiring, router.netns)
         agent._log(changes)
         await set_network_ready(

@@ -24,7 +24,10 @@ class NetagentApp(BaseApp):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--host-netns", default="", help="network namespace that plays this host (empty: the root namespace)"
+            "--host-netns",
+            required=True,
+            help="network namespace that plays this host; 'root' for the machine's own (production). "
+            "Required, so that nothing lands in the root namespace by accident",
         )
         parser.add_argument("--underlay-ip", required=True, help="this host's address on the underlay network")
         parser.add_argument("--underlay-mtu", type=int, default=1500, help="MTU of the underlay network")
@@ -32,7 +35,8 @@ class NetagentApp(BaseApp):
         parser.add_argument("--resync-interval", type=float, default=10.0, help="seconds between full repairs")
 
     def setup(self, rt: Runtime) -> None:
-        kernel = Kernel(rt.args.node_name, rt.args.host_netns, rt.args.underlay_ip, rt.args.underlay_mtu)
+        host_netns = "" if rt.args.host_netns == "root" else rt.args.host_netns
+        kernel = Kernel(rt.args.node_name, host_netns, rt.args.underlay_ip, rt.args.underlay_mtu)
         self.agent = Agent(rt.etcd, rt.args.node_name, kernel, rt.args.resync_interval)
         rt.add_servicer(
             "pinet.netagent.v1.AgentService",

@@ -157,6 +157,7 @@ class Kernel:
         self.underlay_ip = underlay_ip
         self.mtu = names.pod_mtu(underlay_mtu)
         self._sockets: dict[str, Any] = {}
+        self._router_checked: dict[str, tuple[int, str, str]] = {}
         self.prefix = names.netns_prefix(node)
 
     # ------------------------------------------------------------ sockets
@@ -216,6 +217,15 @@ class Kernel:
 
     # ----------------------------------------------------------- routers
 
+    def ensure_router_for_pod(self, r: RouterWiring) -> list[str]:
+        """The pod path: a router verified moments ago by this agent is taken
+        as it is (the router's own reconcile and the periodic full pass keep
+        verifying it); otherwise it is verified now."""
+        checked = self._router_checked.get(r.netns)
+        if checked is not None and checked == (r.vni, r.cidr, r.gateway) and r.netns in list_netns():
+            return []
+        return self.ensure_router(r)
+
     def ensure_router(self, r: RouterWiring) -> list[str]:
         changes: list[str] = []
         if r.netns not in list_netns():
@@ -237,6 +247,7 @@ class Kernel:
             self._exec(r.netns, "nft", "-f", "-", stdin=script)
             changes.append(f"{r.netns}: rule set")
         changes += self.sync_forwarding(r)
+        self._router_checked[r.netns] = (r.vni, r.cidr, r.gateway)
         return changes
 
     def _ensure_bridge(self, ns: Any, r: RouterWiring) -> list[str]:
@@ -348,6 +359,7 @@ class Kernel:
         return changes
 
     def remove_router(self, netns: str) -> list[str]:
+        self._router_checked.pop(netns, None)
         vni = int(netns.rsplit("-r", 1)[1])
         host = self._ns("")
         for ifname in (names.uplink_host_ifname(vni), names.vxlan_staging_ifname(vni)):

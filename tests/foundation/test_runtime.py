@@ -7,10 +7,12 @@ import asyncio
 import os
 import subprocess
 import urllib.request
+import uuid
 
 import pytest
 
 from pinet.devstack.etcd import EtcdServer, free_port
+from pinet.devstack.hosts import SimulatedHosts
 from pinet.runtime.config import EnvArgumentParser, add_common_arguments
 from pinet.runtime.probe import check, list_services
 from tests.helpers.procs import ROOT, ServiceProcess
@@ -32,7 +34,13 @@ def fetch(url: str) -> str:
 @pytest.mark.parametrize("service", sorted(API))
 async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdServer, service: str) -> None:
     metrics_port = free_port()
-    proc = await ServiceProcess(service, etcd_server.endpoint, ["--metrics", f"127.0.0.1:{metrics_port}"]).start()
+    args = ["--metrics", f"127.0.0.1:{metrics_port}"]
+    lab = None
+    if service == "netagent":
+        # The agent works on a host namespace of its own, never the root one.
+        lab = await asyncio.to_thread(SimulatedHosts(uuid.uuid4().hex[:5], 1).setup)
+        args += ["--node-name", lab.host(1), "--host-netns", lab.host(1), "--underlay-ip", lab.underlay_ip(1)]
+    proc = await ServiceProcess(service, etcd_server.endpoint, args).start()
     try:
         assert await check(proc.address) == "SERVING"
         listed = await list_services(proc.address)
@@ -46,6 +54,8 @@ async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdSe
         assert 'method="Check"' in body, "gRPC calls are counted"
     finally:
         code = await proc.terminate()
+        if lab is not None:
+            await asyncio.to_thread(lab.teardown)
     assert code == 0, f"SIGTERM is a clean exit, got {code}: {proc.stderr[-2000:]}"
     assert "shutting down" in proc.stderr and "stopped" in proc.stderr
 
