@@ -56,6 +56,20 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     def caller(self, context: Context) -> Caller:
         return self.deps.tokens.caller(context)
 
+    async def _list(self, kind: Any, caller: Caller, options: meta_pb2.ListOptions) -> tuple[list[Any], Any]:
+        """One page of the caller's objects of kind, filtered as asked."""
+        ns = options.namespace
+        return await list_objects(
+            self.deps.etcd, kind, _scope(kind, caller, ns), options, _keep(caller, ns, options.label_selector)
+        )
+
+    def _watch(self, kind: Any, caller: Caller, request: meta_pb2.WatchOptions, make: Any) -> AsyncIterator[Any]:
+        """The caller's objects of kind as a watch stream."""
+        return watch.stream(
+            self.deps.etcd, kind, _scope(kind, caller, request.namespace), request.resource_version,
+            _keep(caller, request.namespace, request.label_selector), make,
+        )  # fmt: skip
+
     # ---------------------------------------------------------------- me
 
     @unary
@@ -122,13 +136,8 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
 
     @unary
     async def ListPods(self, request: network_pb2.ListPodsRequest, context: Context) -> network_pb2.ListPodsResponse:
-        caller = self.caller(context)
-        ns = request.options.namespace
-        pods, meta = await list_objects(
-            self.deps.etcd, PODS, _scope(PODS, caller, ns), request.options,
-            _keep(caller, ns, request.options.label_selector),
-        )  # fmt: skip
-        return network_pb2.ListPodsResponse(pods=[pods_api.present(self.deps, p) for p in pods], list_meta=meta)
+        items, meta = await self._list(PODS, self.caller(context), request.options)
+        return network_pb2.ListPodsResponse(pods=[pods_api.present(self.deps, p) for p in items], list_meta=meta)
 
     @unary
     async def UpdatePod(self, request: network_pb2.UpdatePodRequest, context: Context) -> objects_pb2.Pod:
@@ -145,14 +154,14 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def WatchPods(
         self, request: meta_pb2.WatchOptions, context: Context
     ) -> AsyncIterator[network_pb2.WatchPodsResponse]:
-        caller = self.caller(context)
-        async for item in watch.stream(
-            self.deps.etcd, PODS, _scope(PODS, caller, request.namespace), request.resource_version,
-            _keep(caller, request.namespace, request.label_selector),
+        async for item in self._watch(
+            PODS,
+            self.caller(context),
+            request,
             lambda t, p, rv: network_pb2.WatchPodsResponse(
                 type=t, pod=pods_api.present(self.deps, p) if p else None, resource_version=rv
             ),
-        ):  # fmt: skip
+        ):
             yield item
 
     # ------------------------------------------------------- deployments
@@ -175,12 +184,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def ListDeployments(
         self, request: network_pb2.ListDeploymentsRequest, context: Context
     ) -> network_pb2.ListDeploymentsResponse:
-        caller = self.caller(context)
-        ns = request.options.namespace
-        items, meta = await list_objects(
-            self.deps.etcd, DEPLOYMENTS, _scope(DEPLOYMENTS, caller, ns), request.options,
-            _keep(caller, ns, request.options.label_selector),
-        )  # fmt: skip
+        items, meta = await self._list(DEPLOYMENTS, self.caller(context), request.options)
         return network_pb2.ListDeploymentsResponse(deployments=items, list_meta=meta)
 
     @unary
@@ -225,12 +229,7 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def ListServices(
         self, request: network_pb2.ListServicesRequest, context: Context
     ) -> network_pb2.ListServicesResponse:
-        caller = self.caller(context)
-        ns = request.options.namespace
-        items, meta = await list_objects(
-            self.deps.etcd, SERVICES, _scope(SERVICES, caller, ns), request.options,
-            _keep(caller, ns, request.options.label_selector),
-        )  # fmt: skip
+        items, meta = await self._list(SERVICES, self.caller(context), request.options)
         return network_pb2.ListServicesResponse(services=items, list_meta=meta)
 
     @unary
@@ -250,12 +249,12 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def WatchServices(
         self, request: meta_pb2.WatchOptions, context: Context
     ) -> AsyncIterator[network_pb2.WatchServicesResponse]:
-        caller = self.caller(context)
-        async for item in watch.stream(
-            self.deps.etcd, SERVICES, _scope(SERVICES, caller, request.namespace), request.resource_version,
-            _keep(caller, request.namespace, request.label_selector),
+        async for item in self._watch(
+            SERVICES,
+            self.caller(context),
+            request,
             lambda t, s, rv: network_pb2.WatchServicesResponse(type=t, service=s, resource_version=rv),
-        ):  # fmt: skip
+        ):
             yield item
 
     # --------------------------------------------------------- endpoints
@@ -277,24 +276,19 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
     async def ListEndpoints(
         self, request: network_pb2.ListEndpointsRequest, context: Context
     ) -> network_pb2.ListEndpointsResponse:
-        caller = self.caller(context)
-        ns = request.options.namespace
-        items, meta = await list_objects(
-            self.deps.etcd, ENDPOINTS, _scope(ENDPOINTS, caller, ns), request.options,
-            _keep(caller, ns, request.options.label_selector),
-        )  # fmt: skip
+        items, meta = await self._list(ENDPOINTS, self.caller(context), request.options)
         return network_pb2.ListEndpointsResponse(endpoints=items, list_meta=meta)
 
     @stream
     async def WatchEndpoints(
         self, request: meta_pb2.WatchOptions, context: Context
     ) -> AsyncIterator[network_pb2.WatchEndpointsResponse]:
-        caller = self.caller(context)
-        async for item in watch.stream(
-            self.deps.etcd, ENDPOINTS, _scope(ENDPOINTS, caller, request.namespace), request.resource_version,
-            _keep(caller, request.namespace, request.label_selector),
+        async for item in self._watch(
+            ENDPOINTS,
+            self.caller(context),
+            request,
             lambda t, e, rv: network_pb2.WatchEndpointsResponse(type=t, endpoints=e, resource_version=rv),
-        ):  # fmt: skip
+        ):
             yield item
 
     # ------------------------------------------------------ floating IPs
