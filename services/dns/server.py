@@ -1,0 +1,145 @@
+"""An asyncio DNS server of pinet's own over UDP and TCP: every listener
+answers for one tenant from the shared view."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from pinet.services.dns.answer import Config
+from pinet.services.dns.handler import _error, handle
+from pinet.services.dns.view import View
+
+log = logging.getLogger(__name__)
+
+QUERIES = Counter("pinet_dns_queries_total", "DNS queries answered.", ["transport"])
+TCP_IDLE = 10.0
+
+
+@dataclass
+class Listener:
+    tenant: str
+    address: tuple[str, int]
+    transport: asyncio.DatagramTransport
+    tcp: asyncio.Server
+    closed: bool = field(default=False)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+            self.tcp.close()
+            await self.tcp.wait_closed()
+
+
+class DnsServer:
+    def __init__(
+        self, view: View, config: Config, serial: Callable[[], int], upstream: str = "",
+        dns_ip: Callable[[str], str] = lambda tenant: "",
+    ) -> None:  # fmt: skip
+        self.view = view
+        self.config = config
+        self.serial = serial
+        self.upstream = upstream
+        self.dns_ip = dns_ip
+        self.listeners: list[Listener] = []
+        self.relaying: set[asyncio.Future[None]] = set()
+        self.queries = 0
+
+    def answer(self, data: bytes, tenant: str, tcp: bool) -> tuple[bytes | None, bool]:
+        self.queries += 1
+        reply = handle(
+            data, self.view.tenant(tenant), self.config, self.serial(), tcp, self.dns_ip(tenant), bool(self.upstream)
+        )
+        return reply.data, reply.forward
+
+    async def forward(self, data: bytes) -> bytes:
+        host, _, port = self.upstream.rpartition(":")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        class Once(asyncio.DatagramProtocol):
+            def datagram_received(self, reply: bytes, addr: tuple[str, int]) -> None:
+                if not done.done():
+                    done.set_result(reply)
+
+        transport, _ = await loop.create_datagram_endpoint(Once, remote_addr=(host, int(port)))
+        try:
+            transport.sendto(data)
+            return await asyncio.wait_for(done, 2.0)
+        except TimeoutError:
+            return _error(data, 2).data or b""  # SERVFAIL
+        finally:
+            transport.close()
+
+    async def listen(
+        self, tenant: str, host: str, port: int, sockets: tuple[socket.socket, socket.socket] | None = None
+    ) -> Listener:
+        """Serve tenant on host:port; sockets, when given, were made by the
+        caller (for example inside a tenant's router namespace)."""
+        loop = asyncio.get_running_loop()
+        server = self
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            async def relay(self, data: bytes, addr: tuple[str, int]) -> None:
+                reply = await server.forward(data)
+                if reply:
+                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                QUERIES.labels("udp").inc()
+                reply, forward = server.answer(data, tenant, tcp=False)
+                if forward:
+                    task = asyncio.ensure_future(self.relay(data, addr))
+                    server.relaying.add(task)
+                    task.add_done_callback(server.relaying.discard)
+                elif reply is not None:
+                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+
+        async def tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+                    data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), TCP_IDLE)
+                    QUERIES.labels("tcp").inc()
+                    reply, forward = server.answer(data, tenant, tcp=True)
+                    if forward:
+                        reply = await server.forward(data)
+                    if reply is None:
+                        break
+                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    await writer.drain()
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+        if sockets is None:
+            transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, port))
+            # TCP on the same port as UDP (which may have been chosen for us).
+            port = transport.get_extra_info("sockname")[1]
+            tcp = await asyncio.start_server(tcp_client, host, port, reuse_address=True)
+        else:
+            transport, _ = await loop.create_datagram_endpoint(Udp, sock=sockets[0])
+            tcp = await asyncio.start_server(tcp_client, sock=sockets[1])
+        bound = transport.get_extra_info("sockname")
+        listener = Listener(tenant, (bound[0], bound[1]), transport, tcp)  # type: ignore[arg-type]
+        self.listeners.append(listener)
+        log.info("answering for tenant %s on %s:%d (udp and tcp)", tenant, bound[0], bound[1])
+        return listener
+
+    async def close(self) -> None:
+        for listener in self.listeners:
+            await listener.close()
