@@ -57,7 +57,13 @@ def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int =
     specs = [
         ServiceSpec("ipam", "ipam", at(7701), at(9701)),
         ServiceSpec("network", "network", at(7700), at(9700), ["--ipam", at(7701)]),
-        ServiceSpec("dns", "dns", at(7702), at(9702)),
+        ServiceSpec(
+            "dns",
+            "dns",
+            at(7702),
+            at(9702),
+            ["--hosts", ",".join(lab.host(n) for n in range(1, lab.count + 1)), "--dns-listen", at(10053)],
+        ),
     ]
     for n in range(1, lab.count + 1):
         node = lab.host(n)

@@ -1,8 +1,9 @@
 """The dns service: answers the cluster zone for each tenant from a view
 kept by informers over services, endpoints and pods.
 
-This version serves a local listener (127.0.0.1:10053 by default) for one
-tenant; listeners inside each tenant's router namespaces are not built yet.
+It answers inside every tenant router namespace of the hosts it serves
+(--hosts), on the tenant's DNS address, following routers as they come and
+go, and on a local listener (127.0.0.1:10053) for one tenant.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pinet.runtime.config import split_hostport
 from pinet.runtime.service import BaseApp, Runtime, main_for
 from pinet.services.dns.answer import Config
 from pinet.services.dns.handler import handle
+from pinet.services.dns.routers import RouterListeners
 from pinet.services.dns.server import DnsServer
 from pinet.services.dns.view import View
 
@@ -85,6 +87,10 @@ class DnsApp(BaseApp):
         parser.add_argument("--dns-listen", default="127.0.0.1:10053", help="local DNS listener (empty: none)")
         parser.add_argument("--dns-tenant", default="default", help="the tenant the local listener answers for")
         parser.add_argument("--upstream", default="", help="resolver for names outside the zone (host:port)")
+        parser.add_argument(
+            "--hosts", default="", help="comma-separated node names whose tenant routers this process serves"
+        )
+        parser.add_argument("--router-port", type=int, default=53, help="DNS port inside the tenant routers")
 
     def serial(self) -> int:
         return max((i.revision for i in self.informers), default=0)
@@ -107,6 +113,7 @@ class DnsApp(BaseApp):
         endpoints.subscribe(self._on_endpoints)
         pods.subscribe(self._on_pod)
         self.informers = [tenants, services, endpoints, pods]  # type: ignore[list-item]
+        self.tenants = tenants
         rt.add_servicer("pinet.dns.v1.DnsService", dns_pb2_grpc.add_DnsServiceServicer_to_server, DnsServicer(self))
 
     def _on_service(self, event: Event[objects_pb2.Service]) -> None:
@@ -139,6 +146,16 @@ class DnsApp(BaseApp):
         if rt.args.dns_listen:
             host, port = split_hostport(rt.args.dns_listen, "--dns-listen")
             await self.server.listen(rt.args.dns_tenant, host, port)
+        hosts = [h.strip() for h in rt.args.hosts.split(",") if h.strip()]
+        if hosts:
+            routers = RouterListeners(self.server, hosts, self._tenant_of_vni, rt.args.router_port)
+            rt.spawn(routers.run(), "dns-routers")
+
+    def _tenant_of_vni(self, vni: int) -> tuple[str, str] | None:
+        for tenant in self.tenants.values():
+            if tenant.network.vni == vni:
+                return tenant.name, tenant.network.dns_ip
+        return None
 
     async def stop(self) -> None:
         await self.server.close()

@@ -41,7 +41,8 @@ class KernelError(Exception):
     pass
 
 
-def _setns(fd: int) -> None:
+def setns(fd: int) -> None:
+    """Move the calling thread into the network namespace open at fd."""
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
@@ -61,11 +62,11 @@ def open_netlink(netns: str) -> IPRoute:
         os.close(own)
         raise KernelError(f"namespace {netns} does not exist") from None
     try:
-        _setns(target)
+        setns(target)
         try:
             return IPRoute()
         finally:
-            _setns(own)
+            setns(own)
     finally:
         os.close(own)
         os.close(target)
