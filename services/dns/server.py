@@ -20,7 +20,11 @@ from pinet.services.dns.view import View
 log = logging.getLogger(__name__)
 
 QUERIES = Counter("pinet_dns_queries_total", "DNS queries answered.", ["transport"])
+# Bound once: a labelled lookup per query would cost more than a cached answer.
+UDP_QUERIES = QUERIES.labels("udp")
+TCP_QUERIES = QUERIES.labels("tcp")
 TCP_IDLE = 10.0
+CACHE_SIZE = 200_000
 
 
 @dataclass
@@ -51,13 +55,27 @@ class DnsServer:
         self.dns_ip = dns_ip
         self.listeners: list[Listener] = []
         self.relaying: set[asyncio.Future[None]] = set()
+        self._cache: dict[tuple[str, bool, bytes], bytes] = {}
+        self._cache_version = -1
         self.queries = 0
 
     def answer(self, data: bytes, tenant: str, tcp: bool) -> tuple[bytes | None, bool]:
+        """Reply bytes (or None) and whether to forward upstream. Replies are
+        cached by the query's bytes after its ID (so the question's spelling
+        and EDNS options are part of the key) until the view changes."""
         self.queries += 1
+        if self._cache_version != self.view.version or len(self._cache) > CACHE_SIZE:
+            self._cache.clear()
+            self._cache_version = self.view.version
+        key = (tenant, tcp, data[2:])
+        cached = self._cache.get(key)
+        if cached is not None:
+            return data[:2] + cached, False
         reply = handle(
             data, self.view.tenant(tenant), self.config, self.serial(), tcp, self.dns_ip(tenant), bool(self.upstream)
         )
+        if reply.data is not None and not reply.forward and len(data) >= 12:
+            self._cache[key] = reply.data[2:]
         return reply.data, reply.forward
 
     async def forward(self, data: bytes) -> bytes:
@@ -97,7 +115,7 @@ class DnsServer:
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-                QUERIES.labels("udp").inc()
+                UDP_QUERIES.inc()
                 reply, forward = server.answer(data, tenant, tcp=False)
                 if forward:
                     task = asyncio.ensure_future(self.relay(data, addr))
@@ -111,7 +129,7 @@ class DnsServer:
                 while True:
                     head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
                     data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), TCP_IDLE)
-                    QUERIES.labels("tcp").inc()
+                    TCP_QUERIES.inc()
                     reply, forward = server.answer(data, tenant, tcp=True)
                     if forward:
                         reply = await server.forward(data)

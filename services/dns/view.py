@@ -94,31 +94,38 @@ class TenantView:
 class View:
     def __init__(self) -> None:
         self.tenants: dict[str, TenantView] = defaultdict(TenantView)
+        # Bumped by every change; answers cached under an older one are stale.
+        self.version = 0
 
     def tenant(self, name: str) -> TenantView | None:
         return self.tenants.get(name)
 
     def put_service(self, tenant: str, svc: objects_pb2.Service) -> None:
+        self.version += 1
         view = self.tenants[tenant]
         projected = project_service(svc)
         view.services[(projected.namespace, projected.name)] = projected
         view.namespaces.add(projected.namespace)
 
     def delete_service(self, tenant: str, namespace: str, name: str) -> None:
+        self.version += 1
         view = self.tenants.get(tenant)
         if view is not None:
             view.services.pop((namespace, name), None)
 
     def put_endpoints(self, tenant: str, ep: objects_pb2.Endpoints) -> None:
+        self.version += 1
         view = self.tenants[tenant]
         view.endpoints[(ep.metadata.namespace or "default", ep.metadata.name)] = project_endpoints(ep)
 
     def delete_endpoints(self, tenant: str, namespace: str, name: str) -> None:
+        self.version += 1
         view = self.tenants.get(tenant)
         if view is not None:
             view.endpoints.pop((namespace, name), None)
 
     def put_pod(self, tenant: str, pod: objects_pb2.Pod, old: objects_pb2.Pod | None) -> None:
+        self.version += 1
         view = self.tenants[tenant]
         if old is not None and old.status.pod_ip:
             view.pod_ips[old.status.pod_ip].discard(old.metadata.namespace)
@@ -127,6 +134,7 @@ class View:
         view.namespaces.add(pod.metadata.namespace or "default")
 
     def delete_pod(self, tenant: str, pod: objects_pb2.Pod) -> None:
+        self.version += 1
         view = self.tenants.get(tenant)
         if view is not None and pod.status.pod_ip:
             view.pod_ips[pod.status.pod_ip].discard(pod.metadata.namespace or "default")
