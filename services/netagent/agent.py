@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -46,7 +45,6 @@ class Agent:
         self.reconciler: Reconciler[str] = Reconciler(f"netagent {node}", self.reconcile)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
-        self.wired_at: dict[str, float] = {}
         self.pods.subscribe(self._on_pod)
         self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
         self.nodes.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
@@ -148,7 +146,6 @@ class Agent:
         path = netns_path(wiring.netns)
         if pod is not None and (not pod.status.network_ready or pod.status.netns != path):
             await set_network_ready(self.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, path)
-            self.wired_at[uid] = time.monotonic()
 
     async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> bool:
         """Unwire pod uid wherever it is; runtime_netns names the runtime's
