@@ -24,6 +24,9 @@ class PodWiring:
     ip: str
     prefix_len: int
     gateway: str
+    # Service addresses lie inside the pod network; this route sends them to
+    # the router (which load-balances them) instead of ARPing for them.
+    service_cidr: str
     dns_ip: str
     mac: str
     netns: str  # a name under /run/netns, or an absolute path given by a runtime
@@ -103,6 +106,7 @@ def compute(
             ip=pod.status.pod_ip,
             prefix_len=ipaddress.IPv4Network(net.cidr).prefixlen,
             gateway=net.gateway,
+            service_cidr=net.service_cidr,
             dns_ip=net.dns_ip,
             mac=names.pod_mac(pod.status.pod_ip),
             netns=netns,

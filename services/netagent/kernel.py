@@ -98,6 +98,16 @@ def _run(args: list[str], stdin: str | None = None) -> None:
         raise KernelError(f"{' '.join(args[:4])}...: {out.stderr.strip()}")
 
 
+def _has_route(routes: list[Any], cidr: str, gateway: str) -> bool:
+    network = ipaddress.IPv4Network(cidr)
+    return any(
+        rt["dst_len"] == network.prefixlen
+        and _attr(rt, "RTA_DST") == str(network.network_address)
+        and _attr(rt, "RTA_GATEWAY") == gateway
+        for rt in routes
+    )
+
+
 def router_ruleset(r: RouterWiring) -> tuple[str, str]:
     """The router's own firewall: egress NAT, nothing new from outside.
     Returns (digest, nft script); the script replaces only pinet's tables."""
@@ -431,6 +441,9 @@ class Kernel:
             if not any(rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == p.gateway for rt in routes):
                 pod.route("replace", dst="0.0.0.0/0", gateway=p.gateway)
                 changes.append(f"{p.name}: default route")
+            if p.service_cidr and not _has_route(routes, p.service_cidr, p.gateway):
+                pod.route("replace", dst=p.service_cidr, gateway=p.gateway)
+                changes.append(f"{p.name}: route to services via {p.gateway}")
         if p.agent_owned:
             changes += self._write_resolv_conf(pod_ns_name, p)
         return changes
@@ -464,11 +477,11 @@ class Kernel:
             addrs = {(_attr(a, "IFA_ADDRESS"), a["prefixlen"]) for a in pod.get_addr(index=inner["index"])}
             if (p.ip, p.prefix_len) not in addrs:
                 problems.append(f"eth0 lacks {p.address_cidr}")
-            if not any(
-                rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == p.gateway
-                for rt in pod.get_routes(family=2, table=254)
-            ):
+            routes = pod.get_routes(family=2, table=254)
+            if not any(rt["dst_len"] == 0 and _attr(rt, "RTA_GATEWAY") == p.gateway for rt in routes):
                 problems.append(f"no default route via {p.gateway}")
+            if p.service_cidr and not _has_route(routes, p.service_cidr, p.gateway):
+                problems.append(f"no route to {p.service_cidr} via {p.gateway}")
         return problems
 
     def remove_pod(self, uid: str, router_netns: str, host_ifname: str, netns: str, agent_owned: bool) -> list[str]:

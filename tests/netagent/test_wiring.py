@@ -80,6 +80,8 @@ async def test_pod_to_pod_on_one_host_and_across_hosts_keeps_the_source_ip(cloud
     assert json.loads(link)[0]["mtu"] == 1450
     route = cloud.hosts.exec(netns, "ip", "route", "show", "default").stdout
     assert route.startswith("default via 10.244.0.1")
+    services = cloud.hosts.exec(netns, "ip", "route", "show", "10.244.240.0/20").stdout
+    assert services.startswith("10.244.240.0/20 via 10.244.0.1"), "service addresses go to the router"
     resolv = open(f"/etc/netns/{netns}/resolv.conf").read()
     assert (
         "nameserver 10.244.0.2" in resolv
