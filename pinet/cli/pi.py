@@ -344,6 +344,30 @@ def cmd_scale(c: Client, args: argparse.Namespace) -> None:
     print(f"deployment/{args.name} scaled")
 
 
+def cmd_exec(c: Client, args: argparse.Namespace) -> None:
+    """Run a command in the pod's network namespace, on the machine that hosts
+    it (the local stack's hosts all live on this one)."""
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    if not command:
+        fail("pi exec POD -- COMMAND [ARG...]: give the command to run")
+    pod = c(c.api.GetPod, c.ref(args.pod))
+    path = pod.status.netns
+    if not pod.status.network_ready or not path:
+        fail(f"pod {args.pod} is not wired yet ({pod.status.message or 'pending'})")
+    if not Path(path).exists():
+        fail(f"pod {args.pod} runs on node {pod.spec.node_name}, whose namespaces are not on this machine")
+    if path.startswith("/run/netns/"):
+        # `ip netns exec` also puts the pod's resolv.conf in place.
+        argv = ["ip", "netns", "exec", Path(path).name, *command]
+    else:
+        argv = ["nsenter", f"--net={path}", "--", *command]
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        fail(f"cannot run {argv[0]}: {exc.strerror}")
+
+
 def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
     me = c(c.api.WhoAmI, network_pb2.WhoAmIRequest())
     net = me.tenant_info.network
@@ -421,6 +445,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--replicas", type=int, required=True)
     p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("exec", help="run a command in a pod's network namespace (on the pod's machine)")
+    p.add_argument("pod")
+    p.add_argument("command_line", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("whoami", help="show the tenant of your token and its network")
     p.set_defaults(func=cmd_whoami)

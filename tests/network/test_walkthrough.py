@@ -63,6 +63,12 @@ async def test_walkthrough_through_pi(stack: Stack, tmp_path: Path) -> None:
         fips = (await asyncio.to_thread(stack.pi, "get", "fip")).stdout
         assert fip in fips and "default/test-loadbalancer" in fips and "ALLOCATED" in fips
 
+        # pi exec runs inside the pod: its address and its resolv.conf.
+        inside = (await asyncio.to_thread(stack.pi, "exec", "nginx", "--", "ip", "-o", "addr", "show", "eth0")).stdout
+        assert f"inet {pod_ip}/16" in inside
+        resolv = (await asyncio.to_thread(stack.pi, "exec", "nginx", "--", "cat", "/etc/resolv.conf")).stdout
+        assert "nameserver 10.244.0.2" in resolv and "ndots:5" in resolv
+
         # Deleting in the docs' order leaves nothing of theirs in etcd.
         assert (await asyncio.to_thread(stack.pi, "delete", "pod", "nginx")).stdout == "pod/nginx deleted\n"
         await asyncio.to_thread(stack.pi, "delete", "service", "test-loadbalancer")
