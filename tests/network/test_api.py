@@ -248,3 +248,26 @@ async def test_watch_pods_from_a_resource_version(platform: Platform, agents: Fa
     assert seen[-1] == (meta_pb2.WATCH_EVENT_TYPE_DELETED, "w1")
     assert all(name == "w1" for _, name in seen), "the label selector filters the stream"
     await t.call("DeletePod", network_pb2.ObjectRef(name="other"))
+
+
+async def test_watch_from_a_compacted_version_is_out_of_range(platform: Platform, etcd: Etcd) -> None:
+    t = await platform.tenant()
+    old = (await t.call("ListPods", network_pb2.ListPodsRequest())).list_meta.resource_version
+    for i in range(3):
+        await t.call("CreatePod", network_pb2.CreatePodRequest(pod=pod(f"c{i}")))
+    await etcd.compact(await etcd.current_revision())
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in t.stub.WatchPods(meta_pb2.WatchOptions(resource_version=old), metadata=t.md, timeout=10):
+            pass
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "list again" in (err.value.details() or "")
+    # Listing again and watching from the list's version works.
+    fresh = (await t.call("ListPods", network_pb2.ListPodsRequest())).list_meta.resource_version
+    call = t.stub.WatchPods(meta_pb2.WatchOptions(resource_version=fresh), metadata=t.md, timeout=10)
+    await t.call("DeletePod", network_pb2.ObjectRef(name="c0"))
+    async for ev in call:
+        if ev.type == meta_pb2.WATCH_EVENT_TYPE_DELETED:
+            assert ev.pod.metadata.name == "c0"
+            break
+    call.cancel()
+    for i in (1, 2):
+        await t.call("DeletePod", network_pb2.ObjectRef(name=f"c{i}"))
