@@ -92,6 +92,8 @@ async def test_fuzzed_packets_neither_crash_nor_stall_the_server(dns_lab: DnsLab
     for packet in packets[:200]:
         writer.write(struct.pack("!H", len(packet)) + packet)
     writer.write(b"\x00")  # and a frame cut short
-    await writer.drain()
+    # The server hangs up on a frame too short to answer; that may come first.
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
     writer.close()
     assert ask(dns_lab.port) == expected
