@@ -202,7 +202,14 @@ def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> 
     for row in (header, *rows):
         print("  ".join(col.ljust(w) for col, w in zip(row, width, strict=True)).rstrip(), flush=True)
     api = next(c.spec.listen for c in children if c.spec.name == "network")
-    print(f"\nlogs: {log_dir}\n`pi` talks to {api}. Press Ctrl-C to stop everything.", flush=True)
+    dns = next(c.spec for c in children if c.spec.name == "dns")
+    local_dns = dns.extra[dns.extra.index("--dns-listen") + 1]
+    print(f"\nlogs: {log_dir}", flush=True)
+    print(f"DNS for tenant default: {local_dns} (dig @{local_dns.replace(':', ' -p ')} NAME.default.svc.cluster.local)")
+    print(
+        f"`pi` talks to {api} with the token in {log_dir.parent / 'token'}. Press Ctrl-C to stop everything.",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
