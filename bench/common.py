@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pinet.devstack.etcd import EtcdServer
+from pinet.devstack.etcd import EtcdServer, free_port
 from pinet.etcd.client import Etcd, key_missing, op_put
+from pinet.runtime.probe import wait_serving
 
 
 @contextlib.contextmanager
@@ -24,6 +26,17 @@ def throwaway_etcd() -> Iterator[EtcdServer]:
             yield server
         finally:
             server.stop()
+
+
+async def start_service(module: str, endpoint: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A pinet service as a child process on a free port, once it is SERVING."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"pinet.services.{module}", "--etcd", endpoint, "--listen", address,
+        "--log-level", "warning", *extra,
+    )  # fmt: skip
+    await wait_serving(address, 60)
+    return proc, address
 
 
 @dataclass

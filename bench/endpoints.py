@@ -6,39 +6,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.common import throwaway_etcd
-from pinet.devstack.etcd import free_port
+from bench.common import start_service, throwaway_etcd
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS, PODS
 from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.nodes import NodeRegistration
 from pinet.podstatus import set_network_ready
-from pinet.runtime.probe import wait_serving
 from pinet.store import update
-
-
-async def start(module: str, endpoint: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    address = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"pinet.services.{module}", "--etcd", endpoint, "--listen", address,
-        "--log-level", "warning", *extra,
-    )  # fmt: skip
-    await wait_serving(address, 60)
-    return proc, address
 
 
 async def main(services: int, samples: int) -> None:
     with throwaway_etcd() as server, tempfile.TemporaryDirectory() as state:
         etcd = await Etcd(server.endpoint).connect()
-        ipam, ipam_addr = await start("ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", "")
-        net, net_addr = await start("network", server.endpoint, "--ipam", ipam_addr, "--bootstrap-dir", state)
+        ipam, ipam_addr = await start_service("ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", "")
+        net, net_addr = await start_service("network", server.endpoint, "--ipam", ipam_addr, "--bootstrap-dir", state)
         registrations = [
             NodeRegistration(etcd, objects_pb2.Node(name=f"bench-{i}", underlay_ip=f"192.0.2.{i}")) for i in (1, 2)
         ]

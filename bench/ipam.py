@@ -7,30 +7,16 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 from typing import TYPE_CHECKING
 
 import grpc
 
-from bench.common import Rate, raw_txn_rate, run_concurrent, throwaway_etcd
-from pinet.devstack.etcd import free_port
+from bench.common import Rate, raw_txn_rate, run_concurrent, start_service, throwaway_etcd
 from pinet.etcd.client import Etcd
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from pinet.runtime.probe import wait_serving
 
 if TYPE_CHECKING:
     from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
-
-
-async def start_ipam(endpoint: str) -> tuple[asyncio.subprocess.Process, str]:
-    address = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pinet.services.ipam", "--etcd", endpoint, "--listen", address,
-        "--gc-interval", "0", "--floating-ranges", "", "--log-format", "text",
-        stdout=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await wait_serving(address, 30)
-    return proc, address
 
 
 async def ipam_rate(stub: IpamServiceAsyncStub, concurrency: int, total: int, tenant: str) -> Rate:
@@ -47,7 +33,7 @@ async def ipam_rate(stub: IpamServiceAsyncStub, concurrency: int, total: int, te
 async def main(total: int) -> None:
     with throwaway_etcd() as server:
         etcd = await Etcd(server.endpoint).connect()
-        proc, address = await start_ipam(server.endpoint)
+        proc, address = await start_service("ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", "")
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = ipam_pb2_grpc.IpamServiceStub(channel)

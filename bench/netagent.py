@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -16,22 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import throwaway_etcd
-from pinet.devstack.etcd import free_port
+from bench.common import start_service, throwaway_etcd
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
-from pinet.runtime.probe import wait_serving
-
-
-async def start(module: str, endpoint: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    address = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"pinet.services.{module}", "--etcd", endpoint, "--listen", address,
-        "--log-level", "warning", *extra,
-    )  # fmt: skip
-    await wait_serving(address, 60)
-    return proc, address
 
 
 def rss_mib(pid: int) -> float:
@@ -83,10 +70,14 @@ async def main(count: int) -> None:
     procs = []
     try:
         with throwaway_etcd() as server, tempfile.TemporaryDirectory() as state:
-            ipam, ipam_addr = await start("ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", "")
-            net, net_addr = await start("network", server.endpoint, "--ipam", ipam_addr, "--bootstrap-dir", state)
+            ipam, ipam_addr = await start_service(
+                "ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", ""
+            )
+            net, net_addr = await start_service(
+                "network", server.endpoint, "--ipam", ipam_addr, "--bootstrap-dir", state
+            )
             node = lab.host(1)
-            agent, agent_addr = await start(
+            agent, agent_addr = await start_service(
                 "netagent", server.endpoint, "--node-name", node, "--host-netns", node,
                 "--underlay-ip", lab.underlay_ip(1),
             )  # fmt: skip
