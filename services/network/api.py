@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from pinet.common.v1 import meta_pb2
-from pinet.errors import already_exists, failed_precondition, invalid, not_found, stream, unary
+from pinet.errors import already_exists, invalid, not_found, stream, unary
 from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, IPAM_ADDRESSES, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
 from pinet.ipam.v1 import ipam_pb2
 from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
@@ -382,12 +382,7 @@ class AdminServicer(network_pb2_grpc.AdminServiceServicer):
         self, request: network_pb2.DeleteTenantRequest, context: Context
     ) -> network_pb2.DeleteTenantResponse:
         self.deps.tokens.admin(context)
-        if self.deps.tenants.get(request.name) is None:
-            raise not_found(f"tenant {request.name!r} not found")
-        for kind in (PODS, SERVICES, DEPLOYMENTS):
-            if await self.deps.etcd.count_prefix(kind.scope_prefix(request.name)):
-                raise failed_precondition(f"tenant {request.name} still has {kind.name}; delete them first")
-        await self.deps.etcd.delete(TENANTS.key(request.name))
+        await self.deps.tenants.delete(request.name, self.deps.tokens)
         return network_pb2.DeleteTenantResponse()
 
     @unary

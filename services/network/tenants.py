@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+from typing import TYPE_CHECKING
 
-from pinet.errors import exhausted
-from pinet.etcd.client import Etcd, key_missing, op_put
-from pinet.etcd.keyspace import TENANTS, VNIS
+import grpc
+
+from pinet.errors import ApiError, aborted, exhausted, failed_precondition, not_found
+from pinet.etcd.client import Etcd, key_missing, mod_revision_is, op_delete, op_put
+from pinet.etcd.keyspace import DEPLOYMENTS, PODS, SERVICES, TENANTS, VNIS
 from pinet.ipam.v1 import ipam_pb2
 from pinet.meta import now
 from pinet.network.v1 import objects_pb2
-from pinet.services.ipam.pools import DEFAULT_CIDR, DEFAULT_NETWORK, DEFAULT_SERVICE_CIDR
+from pinet.services.ipam.pools import (
+    DEFAULT_CIDR,
+    DEFAULT_NETWORK,
+    DEFAULT_SERVICE_CIDR,
+    FLOATING_POOL,
+    pod_pool_name,
+    service_pool_name,
+)
 from pinet.services.network import validation
 from pinet.services.network.ipam_client import IpamClient
 from pinet.services.network.view import ClusterView
+
+if TYPE_CHECKING:
+    from pinet.services.network.auth import TokenStore
 
 FIRST_VNI = 4096
 MAX_VNI = (1 << 24) - 1
@@ -64,6 +78,40 @@ class Tenants:
             )
             tenant = await self._create(name, spec)
             return tenant
+
+    async def delete(self, name: str, tokens: TokenStore) -> None:
+        """Remove an empty tenant: its network's pools, its VNI and its tokens
+        go with it. Objects or floating IPs left: FAILED_PRECONDITION."""
+        tenant = self.get(name)
+        if tenant is None:
+            raise not_found(f"tenant {name!r} not found")
+        for kind in (PODS, SERVICES, DEPLOYMENTS):
+            if await self.etcd.count_prefix(kind.scope_prefix(name)):
+                raise failed_precondition(f"tenant {name} still has {kind.name}; delete them first")
+        try:
+            fips = await self.ipam.call(
+                "ListAllocations", ipam_pb2.ListAllocationsRequest(pool=FLOATING_POOL, tenant=name, page_size=1)
+            )
+        except ApiError as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:  # no floating pool: no floating IPs
+                raise
+            fips = ipam_pb2.ListAllocationsResponse()
+        if fips.allocations:
+            raise failed_precondition(f"tenant {name} still holds floating IPs; release them first")
+        key = TENANTS.key(name)
+        kv = await self.etcd.get(key)
+        if kv is None:
+            raise not_found(f"tenant {name!r} not found")
+        vni_key = VNIS.key(str(tenant.network.vni))
+        res = await self.etcd.txn([mod_revision_is(key, kv.mod_revision)], [op_delete(key), op_delete(vni_key)])
+        if not res.succeeded:
+            raise aborted(f"tenant {name} changed while being deleted; retry")
+        for pool in (pod_pool_name(name, tenant.network.name), service_pool_name(name, tenant.network.name)):
+            with contextlib.suppress(ApiError):  # already gone, or the ipam GC still frees addresses
+                await self.ipam.call("DeletePool", ipam_pb2.DeletePoolRequest(name=pool))
+        for token_key, item in tokens.informer.items():
+            if item.obj.tenant == name:
+                await self.etcd.delete(token_key)
 
     async def _create(self, name: str, spec: objects_pb2.NetworkSpec) -> objects_pb2.Tenant:
         key = TENANTS.key(name)

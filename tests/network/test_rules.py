@@ -9,7 +9,7 @@ import pytest
 
 from pinet.common.v1 import meta_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, NODE_PORTS
+from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_POOLS, NODE_PORTS, VNIS
 from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.network.conftest import Platform, Tenant
@@ -156,3 +156,25 @@ async def test_tenants_cannot_see_or_touch_each_other(platform: Platform, agents
     assert alloc is None or a.name not in alloc.value.decode(errors="replace"), "B's pod address is in B's pool"
     await asyncio.gather(a.call("DeleteService", svc_ref), a.call("DeletePod", ref), b.call("DeletePod", ref))
     await a.call("ReleaseFloatingIP", network_pb2.ReleaseFloatingIPRequest(address=address))
+
+
+async def test_deleting_a_tenant_takes_its_network_and_tokens(platform: Platform, etcd: Etcd) -> None:
+    t = await platform.tenant()
+    me = await t.call("WhoAmI", network_pb2.WhoAmIRequest())
+    admin_md = (("authorization", f"Bearer {platform.admin_token}"),)
+    address = await fip(t)
+    await t.call("CreatePod", network_pb2.CreatePodRequest(pod=pod("p")))
+    for blocker in ("pods", "floating IPs"):
+        details = await expect(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            platform.admin.DeleteTenant(network_pb2.DeleteTenantRequest(name=t.name), metadata=admin_md),
+        )
+        assert blocker in details
+        if blocker == "pods":
+            await t.call("DeletePod", network_pb2.ObjectRef(name="p"))
+    await t.call("ReleaseFloatingIP", network_pb2.ReleaseFloatingIPRequest(address=address))
+    await platform.admin.DeleteTenant(network_pb2.DeleteTenantRequest(name=t.name), metadata=admin_md)
+    assert await etcd.get(VNIS.key(str(me.tenant_info.network.vni))) is None
+    assert await etcd.get(IPAM_POOLS.key(f"{t.name}.default.pod")) is None
+    assert await etcd.get(IPAM_POOLS.key(f"{t.name}.default.svc")) is None
+    await expect(grpc.StatusCode.UNAUTHENTICATED, t.call("WhoAmI", network_pb2.WhoAmIRequest()))
