@@ -21,7 +21,7 @@ class Reply:
     forward: bool = False  # outside the zone: hand the query to the upstream
 
 
-def _error(data: bytes, rcode: int) -> Reply:
+def error_reply(data: bytes, rcode: int) -> Reply:
     """A header-only reply for a query we could not parse."""
     if len(data) < 12:
         return Reply(None)
@@ -43,13 +43,13 @@ def handle(
     try:
         request = DNSRecord.parse(data)
     except Exception:
-        return _error(data, RCODE.FORMERR)
+        return error_reply(data, RCODE.FORMERR)
     if request.header.qr:
         return Reply(None)  # a response sent to us: never answer those
     if request.header.opcode != 0:
-        return _error(data, RCODE.NOTIMP)
+        return error_reply(data, RCODE.NOTIMP)
     if len(request.questions) != 1:
-        return _error(data, RCODE.FORMERR)
+        return error_reply(data, RCODE.FORMERR)
     q = request.q
     labels = tuple(part.decode(errors="replace").lower() for part in q.qname.label)
     if not in_zone(labels, config):

@@ -11,10 +11,11 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnslib import RCODE
 from prometheus_client import Counter
 
 from pinet.services.dns.answer import Config
-from pinet.services.dns.handler import _error, handle
+from pinet.services.dns.handler import error_reply, handle
 from pinet.services.dns.view import View
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class DnsServer:
             transport.sendto(data)
             return await asyncio.wait_for(done, 2.0)
         except TimeoutError:
-            return _error(data, 2).data or b""  # SERVFAIL
+            return error_reply(data, RCODE.SERVFAIL).data or b""
         finally:
             transport.close()
 

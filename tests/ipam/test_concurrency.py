@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -38,6 +38,29 @@ async def allocate_with_retry(stubs: list[Stub], first: int, pool: str, tenant: 
             attempt += 1
             assert attempt < 200, f"{handle}: still failing after {attempt} attempts: {exc.details()}"
             await asyncio.sleep(0.05)
+
+
+async def allocate_through_a_fault(
+    stubs: list[Stub], pool: str, tenant: str, fault: Callable[[], Awaitable[object]]
+) -> dict[str, str]:
+    """6,000 allocations from 32 retrying clients; fault() strikes once a
+    third of them are done. Returns handle -> address."""
+    todo = iter(range(6_000))
+    got: dict[str, str] = {}
+    reached = asyncio.Event()
+
+    async def client(n: int) -> None:
+        for i in todo:
+            got[f"h{i}"] = await allocate_with_retry(stubs, n, pool, tenant, f"h{i}")
+            if len(got) >= 2_000:
+                reached.set()
+
+    async def strike() -> None:
+        await reached.wait()
+        await fault()
+
+    await asyncio.gather(strike(), *(client(n) for n in range(32)))
+    return got
 
 
 @pytest.mark.slow
@@ -82,23 +105,12 @@ async def test_replica_killed_mid_allocation(etcd_server: EtcdServer, etcd: Etcd
     stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
     try:
         pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
-        todo = iter(range(6_000))
-        got: dict[str, str] = {}
 
-        reached = asyncio.Event()
-
-        async def client(n: int) -> None:
-            for i in todo:
-                got[f"h{i}"] = await allocate_with_retry(stubs, n, pool, tenant, f"h{i}")
-                if len(got) >= 2_000:
-                    reached.set()
-
-        async def killer() -> None:
-            await reached.wait()
+        async def kill_one() -> None:
             assert procs[0].proc is not None
             procs[0].proc.send_signal(signal.SIGKILL)
 
-        await asyncio.gather(killer(), *(client(n) for n in range(32)))
+        got = await allocate_through_a_fault(stubs, pool, tenant, kill_one)
         assert procs[0].proc is not None and procs[0].proc.returncode == -signal.SIGKILL
         assert len(got) == 6_000 and len(set(got.values())) == 6_000
         assert await assert_consistent(etcd, pool) == got, "nothing owned twice, nothing leaked"
@@ -118,22 +130,7 @@ async def test_etcd_restart_mid_run(make_etcd_server: Callable[[], EtcdServer], 
     etcd = await Etcd(server.endpoint).connect()
     try:
         pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
-        todo = iter(range(6_000))
-        got: dict[str, str] = {}
-
-        reached = asyncio.Event()
-
-        async def client(n: int) -> None:
-            for i in todo:
-                got[f"h{i}"] = await allocate_with_retry(stubs, n, pool, tenant, f"h{i}")
-                if len(got) >= 2_000:
-                    reached.set()
-
-        async def restarter() -> None:
-            await reached.wait()
-            await asyncio.to_thread(server.restart)
-
-        await asyncio.gather(restarter(), *(client(n) for n in range(32)))
+        got = await allocate_through_a_fault(stubs, pool, tenant, lambda: asyncio.to_thread(server.restart))
         assert len(got) == 6_000 and len(set(got.values())) == 6_000
         assert await assert_consistent(etcd, pool) == got
         # Both replicas are still healthy and serving.

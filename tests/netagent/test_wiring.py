@@ -13,7 +13,6 @@ import time
 from pinet.devstack.hosts import INTERNET_IP
 from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.network.v1 import network_pb2, objects_pb2
-from tests.helpers.procs import ROOT
 from tests.netagent.conftest import Cloud
 
 # A one-connection-at-a-time TCP server that answers "<tag> <peer ip>".
@@ -205,6 +204,3 @@ async def test_everything_is_removed_when_the_pods_go(cloud: Cloud) -> None:
     for host in cloud.hosts.hosts:
         links = cloud.hosts.exec(host, "ip", "-o", "link", "show").stdout
         assert " pr" not in links and "pvx" not in links, links
-
-
-ROOT_BIN = os.path.join(ROOT, ".venv/bin")
