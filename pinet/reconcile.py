@@ -10,6 +10,7 @@ retried with backoff without blocking the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -82,3 +83,18 @@ class Reconciler(Generic[K]):
     def _retry(self, key: K) -> None:
         self._retry_handles.pop(key, None)
         self.enqueue(key)
+
+
+async def run_with_resync(reconciler: Reconciler[K], interval: float, full: K) -> None:
+    """Runs reconciler, enqueuing the key full at once and every interval
+    seconds: the periodic pass that reads the kernel back and repairs drift."""
+    reconciler.enqueue(full)
+    worker = asyncio.create_task(reconciler.run())
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            reconciler.enqueue(full)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker

@@ -20,6 +20,8 @@ from pathlib import Path
 
 UNDERLAY_NET = "192.0.2"
 INTERNET_IP = f"{UNDERLAY_NET}.1"
+# Documentation ranges the dev stack and tests take floating IPs from.
+FLOATING_POOLS = ("203.0.113.0/24", "198.51.100.0/24")
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -72,6 +74,9 @@ class SimulatedHosts:
             sh("ip", "-n", self.underlay, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", self.underlay, "link", "set", "br0", "up")
             self._attach(self.internet, "inet", INTERNET_IP)
+            for pool in FLOATING_POOLS:
+                # The hosts answer ARP for the floating IPs they serve.
+                sh("ip", "-n", self.internet, "route", "add", pool, "dev", "eth0")
             for n in range(1, self.count + 1):
                 self.hosts.append(self.host(n))
                 self._attach(self.host(n), f"h{n}", self.underlay_ip(n))

@@ -72,7 +72,7 @@ def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int =
                 f"netagent-{n}", "netagent", at(7710 + n), at(9710 + n),
                 ["--node-name", node, "--host-netns", node, "--underlay-ip", lab.underlay_ip(n)],
             ),
-            ServiceSpec(f"lb-{n}", "lb", at(7720 + n), at(9720 + n), ["--node-name", node]),
+            ServiceSpec(f"lb-{n}", "lb", at(7720 + n), at(9720 + n), ["--node-name", node, "--host-netns", node]),
         ]  # fmt: skip
     return specs
 

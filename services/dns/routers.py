@@ -10,9 +10,9 @@ import os
 import socket
 from collections.abc import Callable
 
+from pinet.netns import NETNS_RUN, setns
 from pinet.services.dns.server import DnsServer, Listener
 from pinet.services.netagent import names
-from pinet.services.netagent.kernel import NETNS_RUN, setns
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ repairs what drifted. Kernel calls run on one worker thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,11 +21,12 @@ from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import NODES, PODS, TENANTS
 from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.netns import netns_path
 from pinet.network.v1 import objects_pb2
 from pinet.podstatus import set_network_ready
-from pinet.reconcile import Reconciler
+from pinet.reconcile import Reconciler, run_with_resync
 from pinet.services.netagent import desired, names
-from pinet.services.netagent.kernel import Kernel, netns_path
+from pinet.services.netagent.kernel import Kernel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,16 +68,7 @@ class Agent:
         await self._k(self.kernel.ensure_host)
 
     async def run(self) -> None:
-        self.reconciler.enqueue("full")
-        worker = asyncio.create_task(self.reconciler.run())
-        try:
-            while True:
-                await asyncio.sleep(self.resync_interval)
-                self.reconciler.enqueue("full")
-        finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+        await run_with_resync(self.reconciler, self.resync_interval, "full")
 
     async def stop(self) -> None:
         for informer in (self.pods, self.tenants, self.nodes):

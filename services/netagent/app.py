@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 
 from pinet.netagent.v1 import netagent_pb2_grpc
+from pinet.netns import add_host_netns_argument
+from pinet.netns import host_netns as host_netns_name
 from pinet.network.v1 import objects_pb2
 from pinet.nodes import NodeRegistration
 from pinet.runtime.service import BaseApp, Runtime, main_for
@@ -23,19 +25,14 @@ class NetagentApp(BaseApp):
         self.agent: Agent | None = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--host-netns",
-            required=True,
-            help="network namespace that plays this host; 'root' for the machine's own (production). "
-            "Required, so that nothing lands in the root namespace by accident",
-        )
+        add_host_netns_argument(parser)
         parser.add_argument("--underlay-ip", required=True, help="this host's address on the underlay network")
         parser.add_argument("--underlay-mtu", type=int, default=1500, help="MTU of the underlay network")
         parser.add_argument("--heartbeat-ttl", type=int, default=5, help="seconds the node stays Ready without us")
         parser.add_argument("--resync-interval", type=float, default=10.0, help="seconds between full repairs")
 
     def setup(self, rt: Runtime) -> None:
-        host_netns = "" if rt.args.host_netns == "root" else rt.args.host_netns
+        host_netns = host_netns_name(rt.args.host_netns)
         kernel = Kernel(rt.args.node_name, host_netns, rt.args.underlay_ip, rt.args.underlay_mtu)
         self.agent = Agent(rt.etcd, rt.args.node_name, kernel, rt.args.resync_interval)
         rt.add_servicer(

@@ -60,6 +60,10 @@ class RouterWiring:
     transit_router: str
     vteps: frozenset[str] = field(default_factory=frozenset)  # remote hosts with this tenant's pods
     peers: frozenset[Peer] = field(default_factory=frozenset)
+    # The same tenant's routers on other hosts, at their names.router_identity
+    # address, reached over the VXLAN: the lb source-NATs traffic from outside
+    # to that address when it sends it to a pod on another host.
+    peer_routers: frozenset[Peer] = field(default_factory=frozenset)
 
     @property
     def prefix_len(self) -> int:
@@ -122,6 +126,10 @@ def compute(
             names_peer for p in remote.get(pw.tenant, []) if (names_peer := _peer(p, underlay)) is not None
         )
         host_ip, router_ip = names.transit(net.vni)
+        peer_nodes = {p.spec.node_name for p in remote.get(pw.tenant, []) if p.spec.node_name in underlay}
+        peer_routers = frozenset(
+            Peer(names.router_identity(underlay[n]), names.router_mac(n, net.vni), underlay[n]) for n in peer_nodes
+        )
         routers[net.vni] = RouterWiring(
             tenant=pw.tenant,
             vni=net.vni,
@@ -134,6 +142,7 @@ def compute(
             transit_router=router_ip,
             vteps=frozenset(p.vtep for p in peers),
             peers=peers,
+            peer_routers=peer_routers,
         )
     return HostWiring(routers, local)
 

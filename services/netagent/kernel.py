@@ -9,11 +9,9 @@ it changed. Calls are synchronous and run on one worker thread.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import ipaddress
 import logging
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +19,15 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
+from pinet.netns import (
+    NETNS_RUN,
+    KernelError,
+    create_netns,
+    list_netns,
+    open_netlink,
+    remove_netns,
+    run,
+)
 from pinet.services.netagent import names
 from pinet.services.netagent.desired import PodWiring, RouterWiring
 
@@ -28,74 +35,15 @@ log = logging.getLogger(__name__)
 
 NUD_PERMANENT = 0x80
 AF_BRIDGE = 7
-NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 ZERO_MAC = "00:00:00:00:00:00"
-
-
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class KernelError(Exception):
-    pass
-
-
-def setns(fd: int) -> None:
-    """Move the calling thread into the network namespace open at fd."""
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def open_netlink(netns: str) -> IPRoute:
-    """A netlink socket inside netns (a name under /run/netns or a path).
-
-    The calling thread enters the namespace only to create the socket, which
-    stays bound to it; pyroute2's NetNS would fork a helper instead, and
-    forking a process that runs gRPC threads is not safe."""
-    path = netns if netns.startswith("/") else str(NETNS_RUN / netns)
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        os.close(own)
-        raise KernelError(f"namespace {netns} does not exist") from None
-    try:
-        setns(target)
-        try:
-            return IPRoute()
-        finally:
-            setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
-
-
-def list_netns() -> set[str]:
-    try:
-        return set(os.listdir(NETNS_RUN))
-    except FileNotFoundError:
-        return set()
-
-
-def create_netns(name: str) -> None:
-    _run(["ip", "netns", "add", name])
-
-
-def remove_netns(name: str) -> None:
-    if name in list_netns():
-        _run(["ip", "netns", "del", name])
+# Marks the routes to peer routers as ours (rtnetlink protocol numbers
+# above 4 are free for routing daemons; 0x70 is not in iproute2's table).
+PEER_ROUTE_PROTO = 0x70
 
 
 def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
-
-
-def _run(args: list[str], stdin: str | None = None) -> None:
-    out = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False, timeout=30)
-    if out.returncode != 0:
-        raise KernelError(f"{' '.join(args[:4])}...: {out.stderr.strip()}")
 
 
 def _has_route(routes: list[Any], cidr: str, gateway: str) -> bool:
@@ -106,6 +54,12 @@ def _has_route(routes: list[Any], cidr: str, gateway: str) -> bool:
         and _attr(rt, "RTA_GATEWAY") == gateway
         for rt in routes
     )
+
+
+def _hairpin(link: Any) -> bool:
+    info = _attr(link, "IFLA_LINKINFO")
+    data = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+    return bool(data is not None and data.get_attr("IFLA_BRPORT_MODE"))
 
 
 def router_ruleset(r: RouterWiring) -> tuple[str, str]:
@@ -197,7 +151,7 @@ class Kernel:
         """Run a command inside netns ("" = the host namespace)."""
         target = netns or self.host_netns
         prefix = ["ip", "netns", "exec", target] if target else []
-        _run([*prefix, *args], stdin)
+        run([*prefix, *args], stdin)
 
     # ------------------------------------------------------------ reading
 
@@ -349,7 +303,8 @@ class Kernel:
             dst = _attr(entry, "NDA_DST")
             if dst:
                 have.add((_attr(entry, "NDA_LLADDR"), dst))
-        want = {(ZERO_MAC, vtep) for vtep in r.vteps} | {(p.mac, p.vtep) for p in r.peers}
+        neighbours_of = r.peers | r.peer_routers
+        want = {(ZERO_MAC, vtep) for vtep in r.vteps} | {(p.mac, p.vtep) for p in neighbours_of}
         for mac, dst in want - have:
             ns.fdb("append", ifindex=vx[0], lladdr=mac, dst=dst)
             changes.append(f"{r.netns}: fdb {mac} -> {dst}")
@@ -361,12 +316,25 @@ class Kernel:
             for n in ns.get_neighbours(ifindex=br[0], family=2)
             if n["state"] & NUD_PERMANENT
         }
-        wanted_neigh = {(p.ip, p.mac) for p in r.peers}
+        wanted_neigh = {(p.ip, p.mac) for p in neighbours_of}
         for ip, mac in wanted_neigh - neighbours:
             ns.neigh("replace", dst=ip, lladdr=mac, ifindex=br[0], state=NUD_PERMANENT)
         for ip, mac in neighbours - wanted_neigh:
             with contextlib.suppress(NetlinkError):
                 ns.neigh("del", dst=ip, lladdr=mac, ifindex=br[0])
+        routes = {
+            _attr(rt, "RTA_DST")
+            for rt in ns.get_routes(family=2, table=254)
+            if rt["proto"] == PEER_ROUTE_PROTO and rt["dst_len"] == 32
+        }
+        wanted_routes = {p.ip for p in r.peer_routers}
+        for ip in wanted_routes - routes:
+            ns.route("replace", dst=f"{ip}/32", oif=br[0], scope=253, proto=PEER_ROUTE_PROTO)
+            changes.append(f"{r.netns}: route to the router at {ip}")
+        for ip in routes - wanted_routes:
+            with contextlib.suppress(NetlinkError):
+                ns.route("del", dst=f"{ip}/32", oif=br[0], proto=PEER_ROUTE_PROTO)
+            changes.append(f"{r.netns}: route -{ip}")
         return changes
 
     def remove_router(self, netns: str) -> list[str]:
@@ -428,6 +396,12 @@ class Kernel:
             if _attr(outer, "IFLA_MASTER") != br or not outer["flags"] & 1 or _attr(outer, "IFLA_IFALIAS") != p.uid:
                 router.link("set", index=outer["index"], master=br, state="up", ifalias=p.uid)
                 changes.append(f"{p.name}: plugged into {router_netns}")
+                outer = self._link(router, p.host_ifname)
+            if not _hairpin(outer):
+                # A pod reaching itself through its service: the bridge must
+                # send the translated frame back out of the port it came in by.
+                router.brport("set", index=outer["index"], mode=1)
+                changes.append(f"{p.name}: hairpin")
             if _attr(inner, "IFLA_ADDRESS") != p.mac or _attr(inner, "IFLA_MTU") != self.mtu or not inner["flags"] & 1:
                 pod.link("set", index=inner["index"], address=p.mac, mtu=self.mtu, state="up")
                 changes.append(f"{p.name}: eth0 up")
@@ -512,9 +486,3 @@ class Kernel:
         remove_netns(name)
         shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
         return [f"{name}: removed (no pod)"]
-
-
-def netns_path(name_or_path: str) -> str:
-    if name_or_path.startswith("/"):
-        return name_or_path
-    return os.path.join(str(NETNS_RUN), name_or_path)

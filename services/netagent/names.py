@@ -76,6 +76,21 @@ def transit(vni: int) -> tuple[str, str]:
     return str(ipaddress.IPv4Address(base + 1)), str(ipaddress.IPv4Address(base + 2))
 
 
+ROUTER_IDENTITY_NET = ipaddress.IPv4Network("198.18.0.0/15")
+
+
+def router_identity(underlay_ip: str) -> str:
+    """The address a host's tenant routers translate outside traffic to when
+    they send it to a pod on another host, so that the pod's reply (sent to
+    its own router) is passed back over the VXLAN to the router that
+    translated it. Taken from 198.18.0.0/15 (reserved for benchmarking, used
+    by nobody on the internet) plus the low 17 bits of the host's underlay
+    address: unique while the hosts share a /15 underlay. Not the underlay
+    address itself: hosts are also clients, and their replies must go out."""
+    low = int(ipaddress.IPv4Address(underlay_ip)) & (ROUTER_IDENTITY_NET.num_addresses - 1)
+    return str(ROUTER_IDENTITY_NET.network_address + low)
+
+
 def pod_mtu(underlay_mtu: int) -> int:
     return underlay_mtu - VXLAN_OVERHEAD
 

@@ -17,6 +17,7 @@ from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.network.v1 import objects_pb2
 from pinet.services.ipam.gc import Action, Facts, judge
 from tests.helpers.procs import ServiceProcess
+from tests.helpers.wait import eventually
 from tests.ipam.conftest import ensure_network, pod_owner
 
 if TYPE_CHECKING:
@@ -43,18 +44,6 @@ async def allocated(stub: Stub, pool: str) -> dict[str, ipam_pb2.Allocation]:
     return {a.owner.handle: a for a in resp.allocations}
 
 
-async def eventually(check: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_dead_nodes_pod_ips_return_after_grace_live_ones_never(
     make_etcd_server: Callable[[], EtcdServer],
 ) -> None:
@@ -78,7 +67,7 @@ async def test_dead_nodes_pod_ips_return_after_grace_live_ones_never(
             assert all(a.node_lease_alive for a in before.values())
 
             await dying.close(revoke=False)  # the host dies: no more keep-alives
-            await eventually(lambda: _gone(etcd, "node-b"), 10)
+            await eventually(lambda: _gone(etcd, "node-b"), timeout=10)
             lost_at = time.monotonic()
             still = await allocated(stub, pool)
             assert set(still) == set(placement), "nothing is reclaimed before the grace period"
@@ -87,7 +76,7 @@ async def test_dead_nodes_pod_ips_return_after_grace_live_ones_never(
             async def reclaimed() -> bool:
                 return set(await allocated(stub, pool)) == {"a1", "a2", "b3"}
 
-            await eventually(reclaimed, 10)
+            await eventually(reclaimed, timeout=10)
             assert time.monotonic() - lost_at >= 1.5, "the grace period was honoured"
             after = await allocated(stub, pool)
             assert after["b3"].owner.node == "node-a" and after["b3"].address == before["b3"].address
@@ -123,14 +112,14 @@ async def test_owners_being_created_are_not_collected(make_etcd_server: Callable
             async def orphan_freed() -> bool:
                 return set(await allocated(stub, pool)) == {"slow-pod"}
 
-            await eventually(orphan_freed, 10)
+            await eventually(orphan_freed, timeout=10)
             # A pod recreated under the same name with a new uid is another owner.
             await put_pod(etcd, tenant, "slow-pod", "another-uid", "")
 
             async def all_freed() -> bool:
                 return not await allocated(stub, pool)
 
-            await eventually(all_freed, 10)
+            await eventually(all_freed, timeout=10)
     finally:
         await proc.terminate()
         await etcd.close()

@@ -1,0 +1,264 @@
+"""The lb's reconciler: informers over services, endpoints, floating-IP
+bindings, tenants, nodes and this node's pods feed the model; a change is
+reconciled per tenant router ("router:<vni>") or for the host namespace
+("host"), so one service's change touches only its own router's kernel
+objects. A periodic full pass reads the kernel back and repairs drift.
+Kernel calls run on one worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from pinet.etcd.client import Etcd
+from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
+from pinet.netns import list_netns
+from pinet.network.v1 import objects_pb2
+from pinet.reconcile import Reconciler, run_with_resync
+from pinet.services.lb import conntrack
+from pinet.services.lb.backend import Backend
+from pinet.services.lb.host import HostForwarding
+from pinet.services.lb.model import Desired, Inputs, RouterLb, Scheduler, VsKey, compute
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DRAIN_RECHECK = 1.0  # seconds between looks at draining real servers
+NODE_PORT_TYPES = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
+
+
+class LoadBalancer:
+    def __init__(
+        self,
+        etcd: Etcd,
+        node: str,
+        backend: Backend,
+        host: HostForwarding,
+        scheduler: Scheduler = Scheduler.ROUND_ROBIN,
+        resync_interval: float = 30.0,
+    ) -> None:
+        self.etcd = etcd
+        self.node = node
+        self.backend = backend
+        self.host = host
+        self.scheduler = scheduler
+        self.resync_interval = resync_interval
+        self.services: Informer[objects_pb2.Service] = Informer(etcd, SERVICES.prefix, SERVICES.decode, "lb-svc")
+        self.endpoints: Informer[objects_pb2.Endpoints] = Informer(etcd, ENDPOINTS.prefix, ENDPOINTS.decode, "lb-ep")
+        self.bindings: Informer[objects_pb2.FloatingIPBinding] = Informer(
+            etcd, FIP_BINDINGS.prefix, FIP_BINDINGS.decode, "lb-fip"
+        )
+        self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "lb-tenants")
+        self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "lb-nodes")
+        self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode, "lb-pods")
+        # A node is ready while its agent's heartbeat key lives.
+        self.leases: Informer[objects_pb2.Node] = Informer(
+            etcd, NODE_LEASES.prefix, NODE_LEASES.decode, "lb-node-leases"
+        )
+        self.informers: list[Informer[Any]] = [
+            self.tenants, self.nodes, self.leases, self.pods, self.services, self.endpoints, self.bindings,
+        ]  # fmt: skip
+        self.reconciler: Reconciler[str] = Reconciler(f"lb {node}", self.reconcile)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-kernel")
+        self._by_tenant: dict[str, dict[bytes, objects_pb2.Service]] = {}
+        self._local_pods: dict[str, set[str]] = {}  # tenant -> uids of its wired pods here
+        self._programmed: dict[int, RouterLb] = {}
+        self.last_sync = 0.0
+        self.last_sync_seconds = 0.0
+        self.services.subscribe(self._on_service)
+        self.endpoints.subscribe(self._on_endpoints)
+        self.bindings.subscribe(lambda e: self._touch(e.obj.tenant, host=True))
+        self.pods.subscribe(self._on_pod)
+        self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
+        self.nodes.subscribe(self._on_node, replay=False)
+        self.leases.subscribe(self._on_lease, replay=False)
+
+    async def in_kernel_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # ------------------------------------------------------------ events
+
+    def _vni(self, tenant: str) -> int | None:
+        t = self.tenants.get(TENANTS.key(tenant))
+        return t.network.vni if t is not None else None
+
+    def _touch(self, tenant: str, host: bool) -> None:
+        vni = self._vni(tenant)
+        if vni is not None and tenant in self._local_pods:
+            self.reconciler.enqueue(f"router:{vni}")
+        if host:
+            self.reconciler.enqueue("host")
+
+    def _on_service(self, event: Event[objects_pb2.Service]) -> None:
+        tenant = event.obj.metadata.tenant
+        bucket = self._by_tenant.setdefault(tenant, {})
+        if event.type is EventType.DELETED:
+            bucket.pop(event.key, None)
+        else:
+            bucket[event.key] = event.obj
+        external = event.obj.spec.type in NODE_PORT_TYPES or (
+            event.old is not None and event.old.spec.type in NODE_PORT_TYPES
+        )
+        self._touch(tenant, host=external)
+
+    def _on_endpoints(self, event: Event[objects_pb2.Endpoints]) -> None:
+        tenant, namespace, name = ENDPOINTS.parts(event.key)
+        svc = self.services.get(SERVICES.key(tenant, namespace, name))
+        external = svc is not None and svc.spec.type in NODE_PORT_TYPES
+        self._touch(tenant, host=external)
+
+    def _on_pod(self, event: Event[objects_pb2.Pod]) -> None:
+        pod = event.obj
+        if pod.spec.node_name != self.node:
+            return
+        tenant, uid = pod.metadata.tenant, pod.metadata.uid
+        wired = event.type is not EventType.DELETED and bool(pod.status.pod_ip)
+        wired = wired and not pod.metadata.HasField("deletion_timestamp")
+        pods = self._local_pods.setdefault(tenant, set())
+        if wired == (uid in pods):
+            return
+        if wired:
+            pods.add(uid)
+        else:
+            pods.discard(uid)
+        if not pods:
+            del self._local_pods[tenant]
+        vni = self._vni(tenant)
+        if vni is not None:
+            self.reconciler.enqueue(f"router:{vni}")
+        self.reconciler.enqueue("host")
+
+    def _on_lease(self, event: Event[objects_pb2.Node]) -> None:
+        if event.old is None or event.type is EventType.DELETED:  # a node became ready or went
+            self.reconciler.enqueue("full")
+
+    def _on_node(self, event: Event[objects_pb2.Node]) -> None:
+        if event.old is None or event.old.underlay_ip != event.obj.underlay_ip:
+            self.reconciler.enqueue("full")
+
+    # ------------------------------------------------------------- model
+
+    def inputs(self, tenant: str | None) -> Inputs:
+        if tenant is None:
+            services = [s for bucket in self._by_tenant.values() for s in bucket.values()]
+            bindings = self.bindings.values()
+            local = frozenset(self._local_pods)
+        else:
+            services = list(self._by_tenant.get(tenant, {}).values())
+            bindings = [b for b in self.bindings.values() if b.tenant == tenant]
+            local = frozenset({tenant} & set(self._local_pods))
+        endpoints = {}
+        for svc in services:
+            ref = (svc.metadata.tenant, svc.metadata.namespace, svc.metadata.name)
+            eps = self.endpoints.get(ENDPOINTS.key(*ref))
+            if eps is not None:
+                endpoints[ref] = eps
+        return Inputs(
+            node=self.node,
+            services=services,
+            endpoints=endpoints,
+            bindings=bindings,
+            tenants={t.name: t for t in self.tenants.values()},
+            underlay={
+                n.name: n.underlay_ip
+                for n in self.nodes.values()
+                if n.underlay_ip and NODE_LEASES.key(n.name) in self.leases
+            },
+            local_tenants=local,
+            scheduler=self.scheduler,
+        )
+
+    def desired(self, tenant: str | None = None) -> Desired:
+        return compute(self.inputs(tenant))
+
+    def tenant_of_vni(self, vni: int) -> str | None:
+        for t in self.tenants.values():
+            if t.network.vni == vni:
+                return t.name
+        return None
+
+    # --------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        for informer in self.informers:
+            informer.start()
+        for informer in self.informers:
+            await informer.wait_synced()
+
+    async def run(self) -> None:
+        await run_with_resync(self.reconciler, self.resync_interval, "full")
+
+    async def stop(self) -> None:
+        for informer in self.informers:
+            await informer.stop()
+        await self.in_kernel_thread(self.backend.close)
+        await self.in_kernel_thread(self.host.close)
+        self._executor.shutdown(wait=True)
+
+    # --------------------------------------------------------- reconcile
+
+    async def reconcile(self, key: str) -> None:
+        start = time.perf_counter()
+        kind, _, ident = key.partition(":")
+        if kind == "full":
+            await self._full()
+        elif kind == "host":
+            self._log(await self.in_kernel_thread(self.host.sync, self.desired().host, False))
+        elif kind == "router":
+            tenant = self.tenant_of_vni(int(ident))
+            want = self.desired(tenant).routers.get(int(ident)) if tenant else None
+            await self._sync_router(int(ident), want, full=False)
+        self.last_sync = time.time()
+        self.last_sync_seconds = time.perf_counter() - start
+
+    async def _full(self) -> None:
+        want = self.desired()
+        present = await self.in_kernel_thread(list_netns)
+        for vni in set(self._programmed) - set(want.routers):
+            await self._sync_router(vni, None, full=True)
+        for vni, r in want.routers.items():
+            if r.netns in present:
+                await self._sync_router(vni, r, full=True)
+            else:
+                self.reconciler.enqueue(f"router:{vni}")  # retried until the netagent has made it
+        self._log(await self.in_kernel_thread(self.host.sync, want.host, True))
+
+    async def _sync_router(self, vni: int, want: RouterLb | None, full: bool) -> None:
+        before = self._programmed.get(vni)
+        if want is None:
+            # The router went (its netagent removes the namespace with it).
+            if before is not None:
+                await self.in_kernel_thread(self.backend.forget, before.netns)
+                del self._programmed[vni]
+            return
+        self._log(await self.in_kernel_thread(self.backend.sync, want, full))
+        self._programmed[vni] = want
+        if self.backend.draining(want.netns):
+            asyncio.get_running_loop().call_later(DRAIN_RECHECK, self.reconciler.enqueue, f"router:{vni}")
+        gone = removed_udp_servers(before, want)
+        if gone:
+            self._log(await self.in_kernel_thread(conntrack.forget_udp, want.netns, gone))
+
+    def _log(self, changes: list[str]) -> None:
+        for change in changes:
+            log.info("kernel: %s", change)
+
+
+def removed_udp_servers(before: RouterLb | None, after: RouterLb) -> list[tuple[VsKey, str]]:
+    """(virtual service, endpoint IP) pairs of UDP services whose endpoint
+    went: their conntrack entries are dropped so that clients move on."""
+    if before is None:
+        return []
+    gone = []
+    for key, vs in before.services.items():
+        if vs.protocol != "udp":
+            continue
+        now = after.services.get(key)
+        remaining = {s.ip for s in now.real_servers if s.weight > 0} if now is not None else set()
+        gone += [(key, s.ip) for s in vs.real_servers if s.ip not in remaining]
+    return gone

@@ -1,0 +1,193 @@
+"""The nftables layout of a tenant router's load balancer, and the smallest
+transaction that turns one layout into another (pure logic).
+
+Everything that grows with the number of services lives in set elements,
+none of it in chains or rules, so that the lookup is one hash lookup however
+many services there are, and a change is a handful of element updates:
+
+    services  vip . proto . port        -> goto pick-N | aff-N-T | hash-N
+    backends  vip . proto . port . slot -> endpoint ip . port    (slot 1..N)
+
+A "pick" chain is shared by every service with N endpoints: it numbers the
+connection into the mark (round robin, or a source hash) and DNATs through
+the backends map. An "aff" chain first looks the client up in the affinity
+map (entries time out after T seconds) and records the slot it chose.
+Hairpin (a pod reaching itself through its service) and external traffic
+sent to a pod on another host are source-NATed from two small sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+
+from pinet.services.lb.model import RouterLb, Scheduler, VirtualService, VsKey
+
+TABLE = "pinet-lb"
+FAMILY_TABLE = f"ip {TABLE}"
+AFFINITY_SIZE = 1 << 20
+
+BackendKey = tuple[str, str, int, int]  # vip, proto, port, slot
+
+
+@dataclass
+class Layout:
+    """The load balancer's state in one router's table."""
+
+    base: str = ""  # name of the marker chain whose name carries the base rules' digest
+    chains: set[str] = field(default_factory=set)  # pick/aff/hash chains present
+    services: dict[VsKey, str] = field(default_factory=dict)  # -> target chain
+    backends: dict[BackendKey, tuple[str, int]] = field(default_factory=dict)
+    hairpin: set[str] = field(default_factory=set)  # local endpoint IPs
+    remote: set[str] = field(default_factory=set)  # endpoint IPs on other hosts
+
+
+def base_script(snat_ip: str, uplink: str, with_services: bool = True) -> tuple[str, str]:
+    """(marker chain name, script) for the table's fixed part. Every
+    statement is an idempotent add, and the base chains are flushed and
+    refilled, so applying it to a live table keeps every element."""
+    rules = []
+    if with_services:
+        rules.append(f"add rule {FAMILY_TABLE} prerouting ip daddr . meta l4proto . th dport vmap @services")
+    rules.append(f"add rule {FAMILY_TABLE} postrouting ip saddr . ip daddr @hairpin masquerade")
+    if snat_ip:
+        rules.append(f'add rule {FAMILY_TABLE} postrouting iifname "{uplink}" ip daddr @remote snat ip to {snat_ip}')
+    body = "\n".join(
+        [
+            f"add table {FAMILY_TABLE}",
+            f"add map {FAMILY_TABLE} services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}",
+            f"add map {FAMILY_TABLE} backends "
+            "{ type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; }",
+            f"add map {FAMILY_TABLE} affinity {{ type ipv4_addr . ipv4_addr . inet_proto . inet_service : mark; "
+            f"size {AFFINITY_SIZE}; flags dynamic,timeout; timeout 3h; }}",
+            f"add set {FAMILY_TABLE} hairpin {{ type ipv4_addr . ipv4_addr; }}",
+            f"add set {FAMILY_TABLE} remote {{ type ipv4_addr; }}",
+            f"add chain {FAMILY_TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
+            f"add chain {FAMILY_TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
+            f"flush chain {FAMILY_TABLE} prerouting",
+            f"flush chain {FAMILY_TABLE} postrouting",
+            *rules,
+        ]
+    )
+    marker = "base-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+    return marker, f"{body}\nadd chain {FAMILY_TABLE} {marker}\n"
+
+
+def chain_name(vs: VirtualService) -> str:
+    n = len(vs.real_servers)
+    if vs.persistence:
+        return f"aff-{n}-{vs.persistence}"
+    if vs.scheduler is Scheduler.SOURCE_HASH:
+        return f"hash-{n}"
+    return f"pick-{n}"  # round robin; least-connection has no nftables form
+
+
+def chain_script(name: str) -> str:
+    kind, n_text, *rest = name.split("-")
+    n = int(n_text)
+    dnat = "meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport . meta mark map @backends"
+    if kind == "pick":
+        rules = [f"meta mark set numgen inc mod {n} offset 1", dnat]
+    elif kind == "hash":
+        rules = [f"meta mark set jhash ip saddr mod {n} offset 1", dnat]
+    elif kind == "aff":
+        timeout = int(rest[0])
+        flow = "ip saddr . ip daddr . meta l4proto . th dport"
+        rules = [
+            f"meta mark set {flow} map @affinity",
+            # A remembered slot beyond the current endpoints is chosen afresh.
+            f"meta mark > {n} meta mark set 0",
+            f"meta mark 0 meta mark set numgen inc mod {n} offset 1",
+            f"update @affinity {{ {flow} timeout {timeout}s : meta mark }}",
+            dnat,
+        ]
+    else:
+        raise ValueError(f"not a load-balancing chain: {name}")
+    lines = [f"add chain {FAMILY_TABLE} {name}", f"flush chain {FAMILY_TABLE} {name}"]
+    lines += [f"add rule {FAMILY_TABLE} {name} {rule}" for rule in rules]
+    return "\n".join(lines)
+
+
+def is_lb_chain(name: str) -> bool:
+    return name.split("-", maxsplit=1)[0] in ("pick", "aff", "hash")
+
+
+def layout(r: RouterLb, marker: str) -> Layout:
+    want = Layout(base=marker)
+    for key, vs in r.services.items():
+        if not vs.real_servers:
+            continue
+        servers = [s for s in vs.real_servers if s.weight > 0]
+        if not servers:
+            continue
+        vs_slots = dataclasses.replace(vs, real_servers=tuple(servers))
+        name = chain_name(vs_slots)
+        want.chains.add(name)
+        want.services[key] = name
+        for slot, server in enumerate(servers, start=1):
+            want.backends[(*key, slot)] = (server.ip, server.port)
+            (want.remote if server.remote else want.hairpin).add(server.ip)
+    return want
+
+
+def _elements(items: list[str]) -> str:
+    return "{ " + ", ".join(items) + " }"
+
+
+def _svc_key(key: VsKey) -> str:
+    return f"{key[0]} . {key[1]} . {key[2]}"
+
+
+def _backend_key(key: BackendKey) -> str:
+    return f"{key[0]} . {key[1]} . {key[2]} . {key[3]}"
+
+
+def plan(want: Layout, have: Layout, base: str) -> tuple[str, list[str]]:
+    """The one transaction that turns have into want, and what it changes.
+    base: the base script, applied when the marker differs."""
+    lines: list[str] = []
+    changes: list[str] = []
+    if want.base != have.base:
+        lines.append(base)
+        if have.base:
+            lines.append(f"delete chain {FAMILY_TABLE} {have.base}")
+        changes.append("base rules")
+    for name in sorted(want.chains - have.chains):
+        lines.append(chain_script(name))
+    # Changed values are deleted then added inside the same transaction, so
+    # no packet sees the key missing.
+    stale_backends = [k for k in have.backends if k not in want.backends or have.backends[k] != want.backends[k]]
+    new_backends = [k for k, v in want.backends.items() if have.backends.get(k) != v]
+    stale_services = [k for k in have.services if have.services[k] != want.services.get(k)]
+    new_services = [k for k, v in want.services.items() if have.services.get(k) != v]
+    if stale_services:
+        lines.append(f"delete element {FAMILY_TABLE} services {_elements([_svc_key(k) for k in stale_services])}")
+    if stale_backends:
+        lines.append(f"delete element {FAMILY_TABLE} backends {_elements([_backend_key(k) for k in stale_backends])}")
+    if new_backends:
+        items = [f"{_backend_key(k)} : {want.backends[k][0]} . {want.backends[k][1]}" for k in new_backends]
+        lines.append(f"add element {FAMILY_TABLE} backends {_elements(items)}")
+    if new_services:
+        items = [f"{_svc_key(k)} : goto {want.services[k]}" for k in new_services]
+        lines.append(f"add element {FAMILY_TABLE} services {_elements(items)}")
+    for set_name, wanted, present in (("hairpin", want.hairpin, have.hairpin), ("remote", want.remote, have.remote)):
+        fmt = (lambda ip: f"{ip} . {ip}") if set_name == "hairpin" else (lambda ip: ip)
+        if present - wanted:
+            gone = [fmt(ip) for ip in sorted(present - wanted)]
+            lines.append(f"delete element {FAMILY_TABLE} {set_name} {_elements(gone)}")
+        if wanted - present:
+            added = [fmt(ip) for ip in sorted(wanted - present)]
+            lines.append(f"add element {FAMILY_TABLE} {set_name} {_elements(added)}")
+    for key in sorted(set(new_services) | {k for k in stale_services if k not in want.services}):
+        verb = "-" if key not in want.services else "~" if key in have.services else "+"
+        changes.append(f"{verb}{key[0]}:{key[2]}/{key[1]}")
+    for key in sorted({k[:3] for k in (*new_backends, *stale_backends)} - set(new_services) - set(stale_services)):
+        changes.append(f"~{key[0]}:{key[2]}/{key[1]}")
+    return "\n".join(lines) + ("\n" if lines else ""), changes
+
+
+def unused_chains(want: Layout, have: Layout) -> list[str]:
+    """Shared chains no service points at any more (dropped at full syncs,
+    after the elements that pointed at them)."""
+    return sorted(c for c in have.chains - want.chains if is_lb_chain(c))
