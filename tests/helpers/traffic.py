@@ -52,3 +52,50 @@ def serve(netns: str, port: int, tag: str, script: str = SERVER) -> subprocess.P
 def connect(cloud: Cloud, netns: str, ip: str, port: int, timeout: float = 2) -> str:
     out = cloud.hosts.exec(netns, sys.executable, "-c", CLIENT, ip, str(port), str(timeout))
     return str(out.stdout.strip())
+
+
+# Opens count connections one after another and prints the first word of
+# each reply (or FAILED): one process for many requests, which matters where
+# starting Python is slow (the IPVS VM).
+MANY = """
+import socket, sys
+for _ in range(int(sys.argv[3])):
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[4]))
+        print(c.recv(100).decode().split()[0]); c.close()
+    except OSError:
+        print("FAILED")
+"""
+
+
+def many(netns: str, ip: str, port: int, count: int, timeout: float = 2) -> list[str]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", MANY, ip, str(port), str(count), str(timeout)],
+        capture_output=True, text=True, check=False, timeout=60 + count * timeout,
+    )  # fmt: skip
+    return out.stdout.split()
+
+
+# Answers every UDP datagram with its tag.
+UDP_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    _, peer = s.recvfrom(100)
+    s.sendto(sys.argv[2].encode(), peer)
+"""
+# From one source port, asks every 0.2 s for a while, printing who answered.
+UDP_ASKER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)
+s.bind(("0.0.0.0", 40053))
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    s.sendto(b"?", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(100)[0].decode(), flush=True)
+    except OSError:
+        print("-", flush=True)
+    time.sleep(0.2)
+"""

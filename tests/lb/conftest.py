@@ -14,7 +14,7 @@ from pinet.devstack.etcd import EtcdServer
 from pinet.netns import list_netns
 from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.cloud import Cloud, running_cloud
-from tests.helpers.traffic import connect
+from tests.helpers.traffic import many
 from tests.network.conftest import Tenant
 
 
@@ -53,11 +53,7 @@ def service(
 
 async def answers(cloud: Cloud, netns: str, ip: str, port: int, count: int, timeout: float = 2) -> Counter[str]:
     """Who answered count connections (the first word of each reply)."""
-
-    def run() -> Counter[str]:
-        return Counter(connect(cloud, netns, ip, port, timeout).split(" ")[0] for _ in range(count))
-
-    return await asyncio.to_thread(run)
+    return Counter(await asyncio.to_thread(many, netns, ip, port, count, timeout))
 
 
 async def reachable(cloud: Cloud, netns: str, ip: str, port: int, timeout: float = 1) -> bool:
