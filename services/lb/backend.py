@@ -8,11 +8,12 @@ and periodically) reads the kernel back first and repairs whatever drifted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from pinet.netns import KernelError, netns_identity
 from pinet.services.lb import nftrules, router
-from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService
+from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
 from pinet.services.lb.nftlib import Nft, element_key
 from pinet.services.netagent import names
 
@@ -22,6 +23,11 @@ class Backend(Protocol):
 
     def sync(self, r: RouterLb, full: bool) -> list[str]:
         """Program r; full: read the kernel first instead of trusting memory."""
+
+    def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
+        """Apply a few virtual services' changes (None: gone) to a router
+        synced before; r carries the router, its services are not looked at.
+        Raises KernelError when a full sync is needed first."""
 
     def read(self, r: RouterLb) -> list[VirtualService]:
         """What the kernel holds in r's namespace (names taken from r)."""
@@ -36,45 +42,71 @@ class Backend(Protocol):
 
 
 class NftablesBackend:
-    """Opens its netlink context per call and keeps none: a socket left
-    open in a router namespace would keep that namespace (and its VXLAN
-    device) alive after the netagent deleted it."""
+    """Keeps one libnftables context per router namespace: creating and
+    freeing one per change would cost more than the change (freeing a
+    context whose cache holds a large map's elements takes milliseconds).
+    A context's socket keeps its namespace alive, so a context is dropped as
+    soon as its router is not wanted, is missing, or is a new namespace of
+    the same name."""
 
     kind = "nftables"
 
     def __init__(self) -> None:
-        self._have: dict[str, tuple[int, nftrules.Layout]] = {}  # netns -> (identity, layout)
+        self._ctx: dict[str, tuple[int, Nft]] = {}  # netns -> (identity, context)
+        self._have: dict[str, nftrules.Layout] = {}  # what the context's namespace holds
+
+    def _nft(self, netns: str) -> Nft:
+        try:
+            identity = netns_identity(netns)
+        except KernelError:
+            self.forget(netns)
+            raise
+        known = self._ctx.get(netns)
+        if known is not None and known[0] == identity:
+            return known[1]
+        self.forget(netns)
+        nft = Nft(netns)
+        self._ctx[netns] = (identity, nft)
+        return nft
 
     def sync(self, r: RouterLb, full: bool) -> list[str]:
-        with Nft(r.netns) as nft:
-            return self._sync(nft, r, full)
-
-    def _sync(self, nft: Nft, r: RouterLb, full: bool) -> list[str]:
+        nft = self._nft(r.netns)
         changes: list[str] = []
-        identity = netns_identity(r.netns)
-        known = self._have.get(r.netns)
-        have = known[1] if known is not None and known[0] == identity else None
+        have = self._have.get(r.netns)
         if full or have is None:
             changes += router.prepare(r.netns, {r.service_cidr})
             have = read_layout(nft)
         marker, base = nftrules.base_script(r.snat_ip, names.ROUTER_UPLINK)
         want = nftrules.layout(r, marker)
         script, applied = nftrules.plan(want, have, base)
-        try:
-            nft.run(script)
-        except KernelError:
-            self._have.pop(r.netns, None)  # re-read next time
-            raise
-        self._have[r.netns] = (identity, want)
+        self._run(nft, r.netns, script)
+        self._have[r.netns] = want
         if full:
             unused = nftrules.unused_chains(want, have)
             if unused:
                 nft.run("\n".join(f"delete chain {nftrules.FAMILY_TABLE} {c}" for c in unused))
         return changes + [f"{r.netns}: {c}" for c in applied]
 
+    def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
+        have = self._have.get(r.netns)
+        if have is None or self._ctx.get(r.netns) is None:
+            raise KernelError(f"{r.netns} has not been synced yet")
+        nft = self._nft(r.netns)
+        if r.netns not in self._have:  # a new namespace of that name
+            raise KernelError(f"{r.netns} was made again and needs a full sync")
+        script, applied, _ = nftrules.plan_changes(have, changed)
+        self._run(nft, r.netns, script)
+        return [f"{r.netns}: {c}" for c in applied]
+
+    def _run(self, nft: Nft, netns: str, script: str) -> None:
+        try:
+            nft.run(script)
+        except KernelError:
+            self._have.pop(netns, None)  # read the kernel again next time
+            raise
+
     def read(self, r: RouterLb) -> list[VirtualService]:
-        with Nft(r.netns) as nft:
-            layout = read_layout(nft)
+        layout = read_layout(self._nft(r.netns))
         out = []
         for key, chain in sorted(layout.services.items()):
             slots = sorted((k[3], v) for k, v in layout.backends.items() if k[:3] == key)
@@ -103,9 +135,13 @@ class NftablesBackend:
 
     def forget(self, netns: str) -> None:
         self._have.pop(netns, None)
+        known = self._ctx.pop(netns, None)
+        if known is not None:
+            known[1].close()
 
     def close(self) -> None:
-        self._have.clear()
+        for netns in list(self._ctx):
+            self.forget(netns)
 
 
 def _frontend(r: RouterLb, vip: str) -> Frontend:

@@ -9,26 +9,28 @@ Kernel calls run on one worker thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
-from pinet.netns import list_netns
+from pinet.netns import KernelError, list_netns
 from pinet.network.v1 import objects_pb2
 from pinet.reconcile import Reconciler, run_with_resync
 from pinet.services.lb import conntrack
 from pinet.services.lb.backend import Backend
 from pinet.services.lb.host import HostForwarding
-from pinet.services.lb.model import Desired, Inputs, RouterLb, Scheduler, VsKey, compute
+from pinet.services.lb.model import Desired, Inputs, RouterLb, Scheduler, VirtualService, VsKey, compute
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DRAIN_RECHECK = 1.0  # seconds between looks at draining real servers
+ServiceRef = tuple[str, str, str]  # tenant, namespace, name
 NODE_PORT_TYPES = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
 
 
@@ -67,12 +69,15 @@ class LoadBalancer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-kernel")
         self._by_tenant: dict[str, dict[bytes, objects_pb2.Service]] = {}
         self._local_pods: dict[str, set[str]] = {}  # tenant -> uids of its wired pods here
-        self._programmed: dict[int, RouterLb] = {}
+        self._programmed: dict[int, RouterLb] = {}  # router (its services as last synced in full)
+        self._vs: dict[int, dict[VsKey, VirtualService]] = {}  # what each router holds now
+        self._svc_keys: dict[ServiceRef, set[VsKey]] = {}  # the virtual services each Service made
+        self._binding_of: dict[ServiceRef, objects_pb2.FloatingIPBinding] = {}
         self.last_sync = 0.0
         self.last_sync_seconds = 0.0
         self.services.subscribe(self._on_service)
         self.endpoints.subscribe(self._on_endpoints)
-        self.bindings.subscribe(lambda e: self._touch(e.obj.tenant, host=True))
+        self.bindings.subscribe(self._on_binding)
         self.pods.subscribe(self._on_pod)
         self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
         self.nodes.subscribe(self._on_node, replay=False)
@@ -87,16 +92,15 @@ class LoadBalancer:
         t = self.tenants.get(TENANTS.key(tenant))
         return t.network.vni if t is not None else None
 
-    def _touch(self, tenant: str, host: bool) -> None:
-        vni = self._vni(tenant)
-        if vni is not None and tenant in self._local_pods:
-            self.reconciler.enqueue(f"router:{vni}")
+    def _touch(self, ref: ServiceRef, host: bool) -> None:
+        if ref[0] in self._local_pods:
+            self.reconciler.enqueue("svc:" + "/".join(ref))
         if host:
             self.reconciler.enqueue("host")
 
     def _on_service(self, event: Event[objects_pb2.Service]) -> None:
-        tenant = event.obj.metadata.tenant
-        bucket = self._by_tenant.setdefault(tenant, {})
+        ref = SERVICES.parts(event.key)
+        bucket = self._by_tenant.setdefault(ref[0], {})
         if event.type is EventType.DELETED:
             bucket.pop(event.key, None)
         else:
@@ -104,13 +108,26 @@ class LoadBalancer:
         external = event.obj.spec.type in NODE_PORT_TYPES or (
             event.old is not None and event.old.spec.type in NODE_PORT_TYPES
         )
-        self._touch(tenant, host=external)
+        self._touch((ref[0], ref[1], ref[2]), host=external)
 
     def _on_endpoints(self, event: Event[objects_pb2.Endpoints]) -> None:
         tenant, namespace, name = ENDPOINTS.parts(event.key)
         svc = self.services.get(SERVICES.key(tenant, namespace, name))
         external = svc is not None and svc.spec.type in NODE_PORT_TYPES
-        self._touch(tenant, host=external)
+        self._touch((tenant, namespace, name), host=external)
+
+    def _on_binding(self, event: Event[objects_pb2.FloatingIPBinding]) -> None:
+        def ref_of(b: objects_pb2.FloatingIPBinding) -> ServiceRef:
+            return (b.tenant, b.namespace, b.service)
+
+        if event.old is not None:
+            self._binding_of.pop(ref_of(event.old), None)
+            self._touch(ref_of(event.old), host=True)
+        if event.type is EventType.DELETED:
+            self._binding_of.pop(ref_of(event.obj), None)
+        else:
+            self._binding_of[ref_of(event.obj)] = event.obj
+        self._touch(ref_of(event.obj), host=True)
 
     def _on_pod(self, event: Event[objects_pb2.Pod]) -> None:
         pod = event.obj
@@ -143,14 +160,15 @@ class LoadBalancer:
 
     # ------------------------------------------------------------- model
 
-    def inputs(self, tenant: str | None) -> Inputs:
+    def inputs(self, tenant: str | None, services: list[objects_pb2.Service] | None = None) -> Inputs:
         if tenant is None:
             services = [s for bucket in self._by_tenant.values() for s in bucket.values()]
             bindings = self.bindings.values()
             local = frozenset(self._local_pods)
         else:
-            services = list(self._by_tenant.get(tenant, {}).values())
-            bindings = [b for b in self.bindings.values() if b.tenant == tenant]
+            if services is None:
+                services = list(self._by_tenant.get(tenant, {}).values())
+            bindings = [b for ref, b in self._binding_of.items() if ref[0] == tenant]
             local = frozenset({tenant} & set(self._local_pods))
         endpoints = {}
         for svc in services:
@@ -213,6 +231,9 @@ class LoadBalancer:
             tenant = self.tenant_of_vni(int(ident))
             want = self.desired(tenant).routers.get(int(ident)) if tenant else None
             await self._sync_router(int(ident), want, full=False)
+        elif kind == "svc":
+            tenant, namespace, name = ident.split("/")
+            await self._sync_service((tenant, namespace, name))
         self.last_sync = time.time()
         self.last_sync_seconds = time.perf_counter() - start
 
@@ -235,30 +256,80 @@ class LoadBalancer:
             if before is not None:
                 await self.in_kernel_thread(self.backend.forget, before.netns)
                 del self._programmed[vni]
+                self._vs.pop(vni, None)
             return
         self._log(await self.in_kernel_thread(self.backend.sync, want, full))
+        old = self._vs.get(vni, {})
         self._programmed[vni] = want
-        if self.backend.draining(want.netns):
-            asyncio.get_running_loop().call_later(DRAIN_RECHECK, self.reconciler.enqueue, f"router:{vni}")
-        gone = removed_udp_servers(before, want)
+        self._vs[vni] = dict(want.services)
+        for ref in [r for r in self._svc_keys if r[0] == want.tenant]:
+            del self._svc_keys[ref]
+        for key, vs in want.services.items():
+            namespace, name = vs.service.split("/")
+            self._svc_keys.setdefault((want.tenant, namespace, name), set()).add(key)
+        await self._after_change(want, old, want.services)
+
+    async def _sync_service(self, ref: ServiceRef) -> None:
+        """One Service's virtual services: a transaction of its own elements."""
+        vni = self._vni(ref[0])
+        if vni is None or ref[0] not in self._local_pods:
+            return
+        router = self._programmed.get(vni)
+        if router is None:
+            self.reconciler.enqueue(f"router:{vni}")  # not synced in full yet
+            return
+        svc = self.services.get(SERVICES.key(*ref))
+        binding = self._binding_of.get(ref)
+        inputs = dataclasses.replace(
+            self.inputs(ref[0], services=[svc] if svc is not None else []),
+            bindings=[binding] if binding is not None else [],
+        )
+        made = compute(inputs).routers.get(vni)
+        wanted = dict(made.services) if made is not None else {}
+        held = self._vs.setdefault(vni, {})
+        changed: dict[VsKey, VirtualService | None] = {k: v for k, v in wanted.items() if held.get(k) != v}
+        changed.update({k: None for k in self._svc_keys.get(ref, set()) - set(wanted)})
+        if not changed:
+            return
+        try:
+            self._log(await self.in_kernel_thread(self.backend.update, router, changed))
+        except KernelError as exc:
+            log.info("%s: a full sync first (%s)", router.netns, exc)
+            self.reconciler.enqueue(f"router:{vni}")
+            return
+        old = {k: held[k] for k in changed if k in held}
+        for key, vs in changed.items():
+            if vs is None:
+                held.pop(key, None)
+            else:
+                held[key] = vs
+        self._svc_keys[ref] = set(wanted)
+        await self._after_change(router, old, {k: v for k, v in changed.items() if v is not None})
+
+    async def _after_change(
+        self, router: RouterLb, old: Mapping[VsKey, VirtualService], new: Mapping[VsKey, VirtualService]
+    ) -> None:
+        if self.backend.draining(router.netns):
+            asyncio.get_running_loop().call_later(DRAIN_RECHECK, self.reconciler.enqueue, f"router:{router.vni}")
+        gone = removed_udp_servers(old, new)
         if gone:
-            self._log(await self.in_kernel_thread(conntrack.forget_udp, want.netns, gone))
+            self._log(await self.in_kernel_thread(conntrack.forget_udp, router.netns, gone))
 
     def _log(self, changes: list[str]) -> None:
         for change in changes:
             log.info("kernel: %s", change)
 
 
-def removed_udp_servers(before: RouterLb | None, after: RouterLb) -> list[tuple[VsKey, str]]:
+def removed_udp_servers(
+    before: Mapping[VsKey, VirtualService], after: Mapping[VsKey, VirtualService]
+) -> list[tuple[VsKey, str]]:
     """(virtual service, endpoint IP) pairs of UDP services whose endpoint
     went: their conntrack entries are dropped so that clients move on."""
-    if before is None:
-        return []
     gone = []
-    for key, vs in before.services.items():
+    for key, vs in before.items():
         if vs.protocol != "udp":
             continue
-        now = after.services.get(key)
+        now = after.get(key)
         remaining = {s.ip for s in now.real_servers if s.weight > 0} if now is not None else set()
         gone += [(key, s.ip) for s in vs.real_servers if s.ip not in remaining]
     return gone

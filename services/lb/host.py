@@ -16,12 +16,14 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import NetlinkError
 
-from pinet.netns import open_netlink, run
+from pinet.netns import entered, open_netlink, run
 from pinet.services.lb.model import HostLb
 from pinet.services.lb.nftlib import Nft, element_key
 
@@ -146,6 +148,19 @@ def read_layout(nft: Nft) -> HostLayout:
     return have
 
 
+def announce(netns: str, dev: str, address: str) -> None:
+    """Gratuitous ARP for address from dev: neighbours that cached another
+    host's MAC for it (the address moved here) update their entry at once."""
+    with entered(netns), socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((dev, 0))
+        mac = sock.getsockname()[4]
+        ip = socket.inet_aton(address)
+        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\0" * 6 + ip
+        frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
+        for _ in range(2):
+            sock.send(frame)
+
+
 class HostForwarding:
     def __init__(self, host_netns: str) -> None:
         self.host_netns = host_netns
@@ -195,6 +210,8 @@ class HostForwarding:
                     changes.append(f"host: {fip} -> {gateway}")
                 if fip not in proxies:
                     self._ip("neigh", "replace", "proxy", fip, "dev", dev)
+                    # Neighbours still send to the host that answered before.
+                    announce(self.host_netns, dev, fip)
             # Stop answering ARP before the route goes, so that nothing is
             # drawn here that cannot be delivered.
             for fip in sorted(set(have) - set(h.fips)):

@@ -11,13 +11,15 @@ from the same small nftables table the nftables backend uses.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPVS, IPVSDest, IPVSService, NetlinkError
 
-from pinet.netns import entered, netns_identity
+from pinet.netns import KernelError, entered, netns_identity
 from pinet.services.lb import nftrules, router
 from pinet.services.lb.backend import read_layout
 from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
@@ -140,6 +142,18 @@ class IpvsBackend:
         self._draining[r.netns] = draining
         self._applied[r.netns] = r
         return changes
+
+    def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
+        before = self._applied.get(r.netns)
+        if before is None:
+            raise KernelError(f"{r.netns} has not been synced yet")
+        services = dict(before.services)
+        for key, vs in changed.items():
+            if vs is None:
+                services.pop(key, None)
+            else:
+                services[key] = vs
+        return self.sync(dataclasses.replace(r, services=services), full=False)
 
     def draining(self, netns: str) -> bool:
         return bool(self._draining.get(netns))

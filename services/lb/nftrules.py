@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pinet.services.lb.model import RouterLb, Scheduler, VirtualService, VsKey
+from pinet.services.lb.model import RealServer, RouterLb, Scheduler, VirtualService, VsKey
 
 TABLE = "pinet-lb"
 FAMILY_TABLE = f"ip {TABLE}"
@@ -41,6 +43,11 @@ class Layout:
     backends: dict[BackendKey, tuple[str, int]] = field(default_factory=dict)
     hairpin: set[str] = field(default_factory=set)  # local endpoint IPs
     remote: set[str] = field(default_factory=set)  # endpoint IPs on other hosts
+    # What each service contributes to the sets (known for layouts computed
+    # here, not for ones read from the kernel), so one service's change can
+    # be planned without looking at the others.
+    servers: dict[VsKey, tuple[RealServer, ...]] = field(default_factory=dict)
+    refs: Counter[tuple[bool, str]] = field(default_factory=Counter)  # (remote, ip) -> services using it
 
 
 def base_script(snat_ip: str, uplink: str, with_services: bool = True) -> tuple[str, str]:
@@ -116,19 +123,73 @@ def is_lb_chain(name: str) -> bool:
 def layout(r: RouterLb, marker: str) -> Layout:
     want = Layout(base=marker)
     for key, vs in r.services.items():
-        if not vs.real_servers:
-            continue
-        servers = [s for s in vs.real_servers if s.weight > 0]
-        if not servers:
-            continue
-        vs_slots = dataclasses.replace(vs, real_servers=tuple(servers))
-        name = chain_name(vs_slots)
-        want.chains.add(name)
-        want.services[key] = name
-        for slot, server in enumerate(servers, start=1):
-            want.backends[(*key, slot)] = (server.ip, server.port)
-            (want.remote if server.remote else want.hairpin).add(server.ip)
+        _put(want, key, vs)
     return want
+
+
+def _put(layout: Layout, key: VsKey, vs: VirtualService | None) -> None:
+    """Adds vs (None: nothing) under key to layout, which holds nothing under
+    key yet."""
+    servers = tuple(s for s in vs.real_servers if s.weight > 0) if vs is not None else ()
+    if vs is None or not servers:
+        return
+    name = chain_name(dataclasses.replace(vs, real_servers=servers))
+    layout.chains.add(name)
+    layout.services[key] = name
+    layout.servers[key] = servers
+    for slot, server in enumerate(servers, start=1):
+        layout.backends[(*key, slot)] = (server.ip, server.port)
+        ref = (server.remote, server.ip)
+        layout.refs[ref] += 1
+        if layout.refs[ref] == 1:
+            (layout.remote if server.remote else layout.hairpin).add(server.ip)
+
+
+def _drop(layout: Layout, key: VsKey) -> None:
+    layout.services.pop(key, None)
+    for slot, server in enumerate(layout.servers.pop(key, ()), start=1):
+        layout.backends.pop((*key, slot), None)
+        ref = (server.remote, server.ip)
+        layout.refs[ref] -= 1
+        if layout.refs[ref] <= 0:
+            del layout.refs[ref]
+            (layout.remote if server.remote else layout.hairpin).discard(server.ip)
+
+
+def plan_changes(have: Layout, changed: Mapping[VsKey, VirtualService | None]) -> tuple[str, list[str], Layout]:
+    """The transaction for a few services' changes (None: removed) on top of
+    have, a layout computed here; its cost depends on the changes only.
+    Returns the script, what it changes and the layout after it (have itself,
+    updated in place)."""
+    before = Layout(base=have.base, chains=set(have.chains))
+    after = Layout(base=have.base, chains=set(have.chains))
+    touched = {(s.remote, s.ip) for key in changed for s in have.servers.get(key, ())}
+    touched |= {(s.remote, s.ip) for vs in changed.values() if vs is not None for s in vs.real_servers}
+    was = {ref: have.refs[ref] > 0 for ref in touched}
+    for key in changed:
+        for slot, server in enumerate(have.servers.get(key, ()), start=1):
+            before.backends[(*key, slot)] = (server.ip, server.port)
+        if key in have.services:
+            before.services[key] = have.services[key]
+    for key, vs in changed.items():
+        _drop(have, key)
+        _put(have, key, vs)
+        _put(after, key, vs)
+    # The sets change only where an address gained its first user or lost its last.
+    for (remote, ip), present in was.items():
+        now = have.refs[(remote, ip)] > 0
+        if not now:
+            have.refs.pop((remote, ip), None)
+        for layout, there in ((before, present), (after, now)):
+            target = layout.remote if remote else layout.hairpin
+            if there:
+                target.add(ip)
+            else:
+                target.discard(ip)
+    after.chains |= before.chains
+    have.chains |= after.chains
+    script, changes = plan(after, before, "")
+    return script, changes, have
 
 
 def _elements(items: list[str]) -> str:
