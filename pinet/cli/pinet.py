@@ -14,6 +14,7 @@ commands:
   {" | ".join(SERVICES)}   run that service (pinet ipam --help for its flags)
   stack                    run etcd and every service locally
   health ADDRESS [SERVICE] check a gRPC service's health (exit 0 when SERVING)
+  web POD                  serve a page naming POD on port 80 (run it in the pod: pi exec POD -- pinet web POD)
   version                  print the version
 """
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         from pinet.devstack.stack import main as stack_main
 
         sys.exit(stack_main(rest))
+    if command == "web":
+        from pinet.devstack.web import main as web_main
+
+        sys.exit(web_main(rest))
     if command == "health":
         if not rest:
             print("usage: pinet health ADDRESS [SERVICE]", file=sys.stderr)

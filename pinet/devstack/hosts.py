@@ -94,7 +94,32 @@ class SimulatedHosts:
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
 
+    @property
+    def expose_link(self) -> str:
+        return f"{self.prefix}expose" if self.ident else "pinet-expose"
+
+    def expose(self) -> list[str]:
+        """Lets this machine's own shell reach the floating IPs: a veth from
+        the root namespace into the simulated internet and one route per
+        floating pool there (nothing else changes in the root namespace).
+        Returns the routes added."""
+        link, inner = self.expose_link, "expose0"
+        sh("ip", "link", "add", link, "type", "veth", "peer", "name", inner, "netns", self.internet)
+        sh("ip", "link", "set", link, "up")
+        sh("ip", "-n", self.internet, "link", "set", inner, "up")
+        # The internet answers ARP for the pools on that link, forwards to the
+        # hosts, and sends replies back to the machine over it.
+        self.exec(self.internet, "sysctl", "-qw", f"net.ipv4.conf.{inner}.proxy_arp=1", "net.ipv4.ip_forward=1")
+        sh("ip", "-n", self.internet, "route", "add", "default", "dev", inner)
+        for pool in FLOATING_POOLS[:1]:
+            sh("ip", "route", "add", pool, "dev", link)
+        return [f"{pool} dev {link}" for pool in FLOATING_POOLS[:1]]
+
+    def unexpose(self) -> None:
+        sh("ip", "link", "del", self.expose_link, check=False)
+
     def teardown(self) -> None:
+        self.unexpose()
         for name in netns_names():
             if self.owns(name):
                 sh("ip", "netns", "del", name, check=False)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pinet.devstack.demo import DemoError, Walkthrough
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.runtime.config import EnvArgumentParser
@@ -175,10 +176,17 @@ async def run_stack(args: argparse.Namespace) -> int:
             return 130
         waiting.result()
         print_table(etcd, children, log_dir)
+        status = 0
+        if args.expose:
+            routes = await asyncio.to_thread(lab.expose)
+            print(f"--expose: added the route {', '.join(routes)} in this machine's namespace "
+                  f"(removed on exit): curl http://FLOATING-IP:PORT works from your shell", flush=True)  # fmt: skip
+        if args.demo:
+            status = await play_demo(children, state, lab)
         if args.exit_when_ready:
-            return 0
+            return status
         await stopped
-        return 0
+        return status
     except TimeoutError as exc:
         print(f"pinet stack: {exc}; see the logs in {log_dir}", file=sys.stderr, flush=True)
         return 1
@@ -191,6 +199,19 @@ async def run_stack(args: argparse.Namespace) -> int:
         await asyncio.to_thread(etcd.stop)
         await asyncio.to_thread(lab.teardown)
         print("stopped", flush=True)
+
+
+async def play_demo(children: list[Supervised], state: Path, lab: SimulatedHosts) -> int:
+    api = next(c.spec.listen for c in children if c.spec.name == "network")
+    print("\nThe Pi walkthrough, step by step:\n", flush=True)
+    walkthrough = Walkthrough(api, state / "token", state / "demo", lab.internet)
+    try:
+        await walkthrough.play()
+    except DemoError as exc:
+        print(f"the walkthrough stopped: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print("\nThe walkthrough is done.", flush=True)
+    return 0
 
 
 def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> None:
@@ -226,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exit-when-ready", action="store_true", help="stop again once everything is serving (a smoke test)"
     )
+    parser.add_argument("--demo", action="store_true", help="play the Pi walkthrough once the stack is up")
+    parser.add_argument(
+        "--expose", action="store_true",
+        help="add one route in this machine's namespace, for the floating-IP pool towards the stack, "
+        "so that a floating IP answers from your own shell (removed on exit)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     args.state_dir = Path(args.state_dir).resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack %(levelname)s %(message)s")

@@ -11,6 +11,7 @@ export PINET_ROOT PINET_VENV
 PINET_APT_PACKAGES=(
   "etcd-server:etcd" "etcd-client:etcdctl" "nftables:nft" "iproute2:ip"
   "dnsutils:dig" "conntrack:conntrack" "procps:pgrep" "docker-compose:docker-compose"
+  "nginx-light:nginx" "curl:curl"
 )
 
 pinet_log() { printf '[setup] %s\n' "$*" >&2; }
@@ -28,7 +29,14 @@ pinet_apt() {
   pinet_log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
+  # Packages must not start services (nginx on port 80, etcd on 2379) in the
+  # machine's namespace: pinet runs its own, inside its namespaces.
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [[ -z $made_policy ]] || rm -f "$policy"
   # Debian starts etcd-server as a system service on 2379; pinet runs its own.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
     systemctl disable --now etcd >/dev/null 2>&1 || true

@@ -36,10 +36,12 @@ async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdSe
     metrics_port = free_port()
     args = ["--metrics", f"127.0.0.1:{metrics_port}"]
     lab = None
-    if service == "netagent":
-        # The agent works on a host namespace of its own, never the root one.
+    if service in ("netagent", "lb"):
+        # Host agents work on a host namespace of their own, never the root one.
         lab = await asyncio.to_thread(SimulatedHosts(uuid.uuid4().hex[:5], 1).setup)
-        args += ["--node-name", lab.host(1), "--host-netns", lab.host(1), "--underlay-ip", lab.underlay_ip(1)]
+        args += ["--node-name", lab.host(1), "--host-netns", lab.host(1)]
+        if service == "netagent":
+            args += ["--underlay-ip", lab.underlay_ip(1)]
     proc = await ServiceProcess(service, etcd_server.endpoint, args).start()
     try:
         assert await check(proc.address) == "SERVING"
