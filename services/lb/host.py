@@ -176,6 +176,13 @@ class HostForwarding:
         have = self._have
         if full or have is None:
             have = read_layout(self._nft)
+        if not h.node_ports and not h.fips:
+            # Nothing to forward: the table goes, until something needs it.
+            if have.base:
+                self._nft.run(f"delete table {TABLE}")
+                changes.append("host: table removed (nothing to forward)")
+            self._have = HostLayout()
+            return changes + self._sync_fips(h)
         marker, base = base_script(h.underlay_ip)
         want = layout(h, marker)
         script = plan(want, have, base)

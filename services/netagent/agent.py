@@ -65,7 +65,6 @@ class Agent:
                 and pod.status.netns
             ):
                 self.attached[pod.metadata.uid] = pod.status.netns
-        await self._k(self.kernel.ensure_host)
 
     async def run(self) -> None:
         await run_with_resync(self.reconciler, self.resync_interval, "full")
@@ -175,7 +174,8 @@ class Agent:
                 for uid, ifname in links.items():
                     if uid not in want.pods:
                         changes += await self._k(self.kernel.remove_pod, uid, router.netns, ifname, "", False)
-        changes += await self._k(self.kernel.ensure_host)
+        # The host's own NAT table lives while the host has routers.
+        changes += await self._k(self.kernel.ensure_host if want.routers else self.kernel.remove_host)
         self._log(changes)
         for vni in want.routers:
             self.reconciler.enqueue(f"router:{vni}")

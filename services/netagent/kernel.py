@@ -123,6 +123,7 @@ class Kernel:
         self.mtu = names.pod_mtu(underlay_mtu)
         self._sockets: dict[str, Any] = {}
         self._router_checked: dict[str, tuple[int, str, str]] = {}
+        self._host_ready = False
         self.prefix = names.netns_prefix(node)
 
     # ------------------------------------------------------------ sockets
@@ -170,7 +171,15 @@ class Kernel:
         if not self._has_table("", "ip", "pinet-host"):
             self._exec("", "nft", "-f", "-", stdin=host_ruleset())
             changes.append("host: nat table")
+        self._host_ready = True
         return changes
+
+    def remove_host(self) -> list[str]:
+        self._host_ready = False
+        if not self._has_table("", "ip", "pinet-host"):
+            return []
+        self._exec("", "nft", "delete", "table", "ip", "pinet-host")
+        return ["host: nat table removed (no routers)"]
 
     def _has_table(self, netns: str, family: str, table: str, marker: str = "") -> bool:
         target = netns or self.host_netns
@@ -192,7 +201,7 @@ class Kernel:
         return self.ensure_router(r)
 
     def ensure_router(self, r: RouterWiring) -> list[str]:
-        changes: list[str] = []
+        changes: list[str] = [] if self._host_ready else self.ensure_host()
         if r.netns not in list_netns():
             create_netns(r.netns)
             changes.append(f"{r.netns}: created")
