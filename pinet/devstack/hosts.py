@@ -13,6 +13,8 @@ namespaces. teardown() removes them and every namespace their agents made.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -96,7 +98,7 @@ class SimulatedHosts:
 
     @property
     def expose_link(self) -> str:
-        return f"{self.prefix}expose" if self.ident else "pinet-expose"
+        return f"pinet-{self.ident}-x"[:15] if self.ident else "pinet-expose"  # link names: 15 bytes at most
 
     def expose(self) -> list[str]:
         """Lets this machine's own shell reach the floating IPs: a veth from
@@ -111,8 +113,20 @@ class SimulatedHosts:
         # hosts, and sends replies back to the machine over it.
         self.exec(self.internet, "sysctl", "-qw", f"net.ipv4.conf.{inner}.proxy_arp=1", "net.ipv4.ip_forward=1")
         sh("ip", "-n", self.internet, "route", "add", "default", "dev", inner)
+        # The machine's own address may lie anywhere (even in the underlay's
+        # range), so what comes in over the link leaves as the internet's.
+        nat = f'table ip pinet-expose {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  iifname "{inner}" masquerade\n }}\n}}\n'
+        out = self.exec(self.internet, "nft", "-f", "-", stdin=nat)
+        if out.returncode != 0:
+            raise RuntimeError(f"nat in {self.internet}: {out.stderr.strip()}")
         for pool in FLOATING_POOLS[:1]:
             sh("ip", "route", "add", pool, "dev", link)
+            # Replies go back to the address this machine sends from, which
+            # may even lie in the underlay's range: a host route wins.
+            probe = str(ipaddress.IPv4Network(pool).network_address + 1)
+            source = json.loads(sh("ip", "-j", "route", "get", probe).stdout)[0].get("prefsrc")
+            if source:
+                sh("ip", "-n", self.internet, "route", "replace", f"{source}/32", "dev", inner)
         return [f"{pool} dev {link}" for pool in FLOATING_POOLS[:1]]
 
     def unexpose(self) -> None:
@@ -128,7 +142,10 @@ class SimulatedHosts:
                 shutil.rmtree(path, ignore_errors=True)
         self.hosts.clear()
 
-    def exec(self, netns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, netns: str, *args: str, timeout: float = 30, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["ip", "netns", "exec", netns, *args], capture_output=True, text=True, check=False, timeout=timeout
-        )
+            ["ip", "netns", "exec", netns, *args], input=stdin, capture_output=True, text=True, check=False,
+            timeout=timeout,
+        )  # fmt: skip

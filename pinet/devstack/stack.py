@@ -178,7 +178,11 @@ async def run_stack(args: argparse.Namespace) -> int:
         print_table(etcd, children, log_dir)
         status = 0
         if args.expose:
-            routes = await asyncio.to_thread(lab.expose)
+            try:
+                routes = await asyncio.to_thread(lab.expose)
+            except RuntimeError as exc:
+                print(f"pinet stack: --expose failed: {exc}", file=sys.stderr, flush=True)
+                return 1
             print(f"--expose: added the route {', '.join(routes)} in this machine's namespace "
                   f"(removed on exit): curl http://FLOATING-IP:PORT works from your shell", flush=True)  # fmt: skip
         if args.demo:
