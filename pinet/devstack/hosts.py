@@ -115,7 +115,10 @@ class SimulatedHosts:
         sh("ip", "-n", self.internet, "route", "add", "default", "dev", inner)
         # The machine's own address may lie anywhere (even in the underlay's
         # range), so what comes in over the link leaves as the internet's.
-        nat = f'table ip pinet-expose {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  iifname "{inner}" masquerade\n }}\n}}\n'
+        nat = (
+            "table ip pinet-expose {\n chain postrouting {\n  type nat hook postrouting priority srcnat;\n"
+            f'  iifname "{inner}" masquerade\n }}\n}}\n'
+        )
         out = self.exec(self.internet, "nft", "-f", "-", stdin=nat)
         if out.returncode != 0:
             raise RuntimeError(f"nat in {self.internet}: {out.stderr.strip()}")
