@@ -79,7 +79,7 @@ def main() -> None:
     lab = f"b{os.getpid() % 10000:04d}"
     with tempfile.TemporaryDirectory(prefix="pinet-bench-e2e-") as tmp:
         state = Path(tmp)
-        offset = 30_000 + (os.getpid() % 50) * 100  # ports of its own, beside a running stack
+        offset = 12_000 + (os.getpid() % 50) * 100  # ports of its own, below the ephemeral range
         stack = subprocess.Popen(
             [str(BIN / "pinet"), "stack", "--state-dir", str(state), "--etcd-port", str(free_port()),
              "--port-offset", str(offset), "--lab", lab],

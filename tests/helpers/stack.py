@@ -73,4 +73,7 @@ class Stack:
 
 
 def new_stack(tmp: Path) -> Stack:
-    return Stack(tmp, free_port(), random.randrange(20_000, 40_000, 100), f"s{random.randrange(16**4):04x}")
+    # Service ports run from 7700 to 9722 plus the offset: all of them stay
+    # below the kernel's ephemeral range (32768 and up), where any client
+    # socket of the machine might hold one.
+    return Stack(tmp, free_port(), random.randrange(10_000, 22_000, 100), f"s{random.randrange(16**4):04x}")
