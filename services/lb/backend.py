@@ -94,7 +94,7 @@ class NftablesBackend:
         nft = self._nft(r.netns)
         if r.netns not in self._have:  # a new namespace of that name
             raise KernelError(f"{r.netns} was made again and needs a full sync")
-        script, applied, _ = nftrules.plan_changes(have, changed)
+        script, applied = nftrules.plan_changes(have, changed)
         self._run(nft, r.netns, script)
         return [f"{r.netns}: {c}" for c in applied]
 

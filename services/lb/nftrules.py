@@ -156,16 +156,15 @@ def _drop(layout: Layout, key: VsKey) -> None:
             (layout.remote if server.remote else layout.hairpin).discard(server.ip)
 
 
-def plan_changes(have: Layout, changed: Mapping[VsKey, VirtualService | None]) -> tuple[str, list[str], Layout]:
+def plan_changes(have: Layout, changed: Mapping[VsKey, VirtualService | None]) -> tuple[str, list[str]]:
     """The transaction for a few services' changes (None: removed) on top of
-    have, a layout computed here; its cost depends on the changes only.
-    Returns the script, what it changes and the layout after it (have itself,
-    updated in place)."""
+    have, a layout computed here, which is updated in place; the cost
+    depends on the changes only. Returns the script and what it changes."""
     before = Layout(base=have.base, chains=set(have.chains))
     after = Layout(base=have.base, chains=set(have.chains))
     touched = {(s.remote, s.ip) for key in changed for s in have.servers.get(key, ())}
     touched |= {(s.remote, s.ip) for vs in changed.values() if vs is not None for s in vs.real_servers}
-    was = {ref: have.refs[ref] > 0 for ref in touched}
+    was = {ref: have.refs.get(ref, 0) > 0 for ref in touched}
     for key in changed:
         for slot, server in enumerate(have.servers.get(key, ()), start=1):
             before.backends[(*key, slot)] = (server.ip, server.port)
@@ -177,19 +176,14 @@ def plan_changes(have: Layout, changed: Mapping[VsKey, VirtualService | None]) -
         _put(after, key, vs)
     # The sets change only where an address gained its first user or lost its last.
     for (remote, ip), present in was.items():
-        now = have.refs[(remote, ip)] > 0
-        if not now:
-            have.refs.pop((remote, ip), None)
+        now = have.refs.get((remote, ip), 0) > 0
         for layout, there in ((before, present), (after, now)):
             target = layout.remote if remote else layout.hairpin
             if there:
                 target.add(ip)
             else:
                 target.discard(ip)
-    after.chains |= before.chains
-    have.chains |= after.chains
-    script, changes = plan(after, before, "")
-    return script, changes, have
+    return plan(after, before, "")
 
 
 def _elements(items: list[str]) -> str:

@@ -140,3 +140,22 @@ def test_host_plan_forwards_node_ports() -> None:
     assert layout.remote == {("tcp", 30080, 1): ("192.0.2.12", 30080)}
     script = host.plan(layout, host.HostLayout(), base)
     assert "add chain ip pinet-lb fwd-1" in script and "tcp . 30080 . 1 : 192.0.2.12 . 30080" in script
+
+
+def test_one_service_changes_are_planned_alone_and_shared_addresses_counted() -> None:
+    shared = ("10.244.0.5", "h1", True)
+    both = compute(inputs([svc("web"), svc("api", ip="10.244.240.11")], [eps("web", shared), eps("api", shared)]))
+    router = both.routers[4096]
+    have = nftrules.layout(router, "base-x")
+    web_key, api_key = ("10.244.240.10", "tcp", 80), ("10.244.240.11", "tcp", 80)
+    script, changes = nftrules.plan_changes(have, {web_key: None})
+    assert changes == ["-10.244.240.10:80/tcp"]
+    assert "hairpin" not in script, "api still uses 10.244.0.5"
+    assert "10.244.240.11" not in script
+    script, changes = nftrules.plan_changes(have, {api_key: None})
+    assert "delete element ip pinet-lb hairpin { 10.244.0.5 . 10.244.0.5 }" in script
+    assert have.services == {} and have.backends == {} and not have.hairpin and not have.refs
+    # Adding back gives what a full plan from empty would.
+    script, _ = nftrules.plan_changes(have, dict(router.services))
+    full, _ = nftrules.plan(nftrules.layout(router, "base-x"), nftrules.Layout(base="base-x", chains=have.chains), "")
+    assert sorted(script.split("\n")) == sorted(full.split("\n"))
