@@ -189,6 +189,7 @@ class LoadBalancer:
             },
             local_tenants=local,
             scheduler=self.scheduler,
+            own_underlay=own.underlay_ip if (own := self.nodes.get(NODES.key(self.node))) is not None else "",
         )
 
     def desired(self, tenant: str | None = None) -> Desired:

@@ -126,6 +126,9 @@ class Inputs:
     underlay: Mapping[str, str]  # ready node -> underlay IP
     local_tenants: frozenset[str]  # tenants with a router on this node (pods here)
     scheduler: Scheduler = Scheduler.ROUND_ROBIN
+    # This node's own underlay address, known even while its heartbeat lapses
+    # (underlay lists ready nodes only; this host keeps forwarding meanwhile).
+    own_underlay: str = ""
 
 
 def compute(i: Inputs) -> Desired:
@@ -135,7 +138,7 @@ def compute(i: Inputs) -> Desired:
     fip_nodes: dict[str, set[str]] = {}  # floating IP -> nodes with ready endpoints
     fip_tenant: dict[str, str] = {}
     bindings = {(b.tenant, b.namespace, b.service): b for b in i.bindings}
-    my_ip = i.underlay.get(i.node, "")
+    my_ip = i.own_underlay or i.underlay.get(i.node, "")
     for tenant_name in sorted(i.local_tenants):
         tenant = i.tenants.get(tenant_name)
         if tenant is None:
