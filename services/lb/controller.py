@@ -68,7 +68,7 @@ class LoadBalancer:
         self.reconciler: Reconciler[str] = Reconciler(f"lb {node}", self.reconcile)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-kernel")
         self._by_tenant: dict[str, dict[bytes, objects_pb2.Service]] = {}
-        self._local_pods: dict[str, set[str]] = {}  # tenant -> uids of its wired pods here
+        self._local_pods: dict[str, set[str]] = {}  # tenant -> uids of its network-ready pods here
         self._programmed: dict[int, RouterLb] = {}  # router (its services as last synced in full)
         self._vs: dict[int, dict[VsKey, VirtualService]] = {}  # what each router holds now
         self._svc_keys: dict[ServiceRef, set[VsKey]] = {}  # the virtual services each Service made
@@ -134,7 +134,9 @@ class LoadBalancer:
         if pod.spec.node_name != self.node:
             return
         tenant, uid = pod.metadata.tenant, pod.metadata.uid
-        wired = event.type is not EventType.DELETED and bool(pod.status.pod_ip)
+        # Network-ready: the netagent has made the tenant's router by then, so
+        # the lb programs it at once instead of retrying until it exists.
+        wired = event.type is not EventType.DELETED and pod.status.network_ready and bool(pod.status.pod_ip)
         wired = wired and not pod.metadata.HasField("deletion_timestamp")
         pods = self._local_pods.setdefault(tenant, set())
         if wired == (uid in pods):
@@ -244,10 +246,14 @@ class LoadBalancer:
         for vni in set(self._programmed) - set(want.routers):
             await self._sync_router(vni, None, full=True)
         for vni, r in want.routers.items():
-            if r.netns in present:
+            try:
+                if r.netns not in present:
+                    raise KernelError(f"{r.netns} is not there yet")
                 await self._sync_router(vni, r, full=True)
-            else:
-                self.reconciler.enqueue(f"router:{vni}")  # retried until the netagent has made it
+            except KernelError:
+                # Made or removed by the netagent meanwhile: that router alone
+                # is retried, the rest of the pass goes on.
+                self.reconciler.enqueue(f"router:{vni}")
         self._log(await self.in_kernel_thread(self.host.sync, want.host, True))
 
     async def _sync_router(self, vni: int, want: RouterLb | None, full: bool) -> None:
