@@ -88,12 +88,10 @@ class NftablesBackend:
         return changes + [f"{r.netns}: {c}" for c in applied]
 
     def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
+        nft = self._nft(r.netns)  # forgets the layout of a namespace made again
         have = self._have.get(r.netns)
-        if have is None or self._ctx.get(r.netns) is None:
-            raise KernelError(f"{r.netns} has not been synced yet")
-        nft = self._nft(r.netns)
-        if r.netns not in self._have:  # a new namespace of that name
-            raise KernelError(f"{r.netns} was made again and needs a full sync")
+        if have is None:
+            raise KernelError(f"{r.netns} needs a full sync first")
         script, applied = nftrules.plan_changes(have, changed)
         self._run(nft, r.netns, script)
         return [f"{r.netns}: {c}" for c in applied]

@@ -9,7 +9,6 @@ Kernel calls run on one worker thread.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,13 +24,21 @@ from pinet.reconcile import Reconciler, run_with_resync
 from pinet.services.lb import conntrack
 from pinet.services.lb.backend import Backend
 from pinet.services.lb.host import HostForwarding
-from pinet.services.lb.model import Desired, Inputs, RouterLb, Scheduler, VirtualService, VsKey, compute
+from pinet.services.lb.model import (
+    NODE_PORT_TYPES,
+    Desired,
+    Inputs,
+    RouterLb,
+    Scheduler,
+    VirtualService,
+    VsKey,
+    compute,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DRAIN_RECHECK = 1.0  # seconds between looks at draining real servers
 ServiceRef = tuple[str, str, str]  # tenant, namespace, name
-NODE_PORT_TYPES = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
 
 
 class LoadBalancer:
@@ -162,15 +169,21 @@ class LoadBalancer:
 
     # ------------------------------------------------------------- model
 
-    def inputs(self, tenant: str | None, services: list[objects_pb2.Service] | None = None) -> Inputs:
+    def inputs(self, tenant: str | None, only: ServiceRef | None = None) -> Inputs:
+        """All tenants, one tenant, or (only) one Service of that tenant."""
         if tenant is None:
             services = [s for bucket in self._by_tenant.values() for s in bucket.values()]
             bindings = self.bindings.values()
             local = frozenset(self._local_pods)
         else:
-            if services is None:
+            if only is None:
                 services = list(self._by_tenant.get(tenant, {}).values())
-            bindings = [b for ref, b in self._binding_of.items() if ref[0] == tenant]
+                bindings = [b for ref, b in self._binding_of.items() if ref[0] == tenant]
+            else:
+                svc = self.services.get(SERVICES.key(*only))
+                services = [svc] if svc is not None else []
+                binding = self._binding_of.get(only)
+                bindings = [binding] if binding is not None else []
             local = frozenset({tenant} & set(self._local_pods))
         endpoints = {}
         for svc in services:
@@ -285,13 +298,7 @@ class LoadBalancer:
         if router is None:
             self.reconciler.enqueue(f"router:{vni}")  # not synced in full yet
             return
-        svc = self.services.get(SERVICES.key(*ref))
-        binding = self._binding_of.get(ref)
-        inputs = dataclasses.replace(
-            self.inputs(ref[0], services=[svc] if svc is not None else []),
-            bindings=[binding] if binding is not None else [],
-        )
-        made = compute(inputs).routers.get(vni)
+        made = compute(self.inputs(ref[0], only=ref)).routers.get(vni)
         wanted = dict(made.services) if made is not None else {}
         held = self._vs.setdefault(vni, {})
         changed: dict[VsKey, VirtualService | None] = {k: v for k, v in wanted.items() if held.get(k) != v}

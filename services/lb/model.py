@@ -21,6 +21,8 @@ from pinet.services.netagent import names
 DEFAULT_AFFINITY_TIMEOUT = 10800
 
 PROTOCOLS = {meta_pb2.PROTOCOL_TCP: "tcp", meta_pb2.PROTOCOL_UDP: "udp"}
+# Service types that also get a node port on every host.
+NODE_PORT_TYPES = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
 
 
 class Frontend(enum.Enum):
@@ -139,14 +141,16 @@ def compute(i: Inputs) -> Desired:
     fip_tenant: dict[str, str] = {}
     bindings = {(b.tenant, b.namespace, b.service): b for b in i.bindings}
     my_ip = i.own_underlay or i.underlay.get(i.node, "")
+    snat = names.router_identity(my_ip) if my_ip else ""
     for tenant_name in sorted(i.local_tenants):
         tenant = i.tenants.get(tenant_name)
         if tenant is None:
             continue
         net = tenant.network
-        snat = names.router_identity(my_ip) if my_ip else ""
-        routers[net.vni] = RouterLb(tenant_name, net.vni, names.router_netns(i.node, net.vni), net.service_cidr, snat)
-        per_router[net.vni] = {}
+        per_router[net.vni] = {}  # filled below, inside the router
+        routers[net.vni] = RouterLb(
+            tenant_name, net.vni, names.router_netns(i.node, net.vni), net.service_cidr, snat, per_router[net.vni]
+        )
     for svc in i.services:
         meta, spec = svc.metadata, svc.spec
         if not spec.cluster_ip or spec.cluster_ip == "None" or spec.type == objects_pb2.SERVICE_TYPE_EXTERNAL_NAME:
@@ -171,7 +175,7 @@ def compute(i: Inputs) -> Desired:
             if protocol is None:
                 continue
             servers = tuple(sorted(_real_servers(ready, port, protocol, i.node)))
-            nodeport = port.node_port if spec.type in _WITH_NODE_PORT else 0
+            nodeport = port.node_port if spec.type in NODE_PORT_TYPES else 0
             if nodeport and servers:
                 remote = tuple(sorted(i.underlay[n] for n in endpoint_nodes if n != i.node))
                 node_ports[(protocol, nodeport)] = NodePortTarget(
@@ -195,14 +199,7 @@ def compute(i: Inputs) -> Desired:
         tenant = i.tenants.get(fip_tenant[address])
         if tenant is not None and owner(address, nodes) == i.node and tenant.network.vni in per_router:
             fips[address] = names.transit(tenant.network.vni)[1]
-    out = {
-        vni: RouterLb(r.tenant, r.vni, r.netns, r.service_cidr, r.snat_ip, per_router[vni])
-        for vni, r in routers.items()
-    }
-    return Desired(out, HostLb(my_ip, node_ports, fips))
-
-
-_WITH_NODE_PORT = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
+    return Desired(routers, HostLb(my_ip, node_ports, fips))
 
 
 def _real_servers(

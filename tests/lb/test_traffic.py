@@ -23,7 +23,7 @@ from tests.lb.conftest import answers, kernel_state, reachable, ready_endpoints,
 from tests.network.conftest import Tenant
 
 
-async def web_pods(cloud: Cloud, t: Tenant, app: str, hosts: list[int], port: int) -> list[objects_pb2.Pod]:
+async def web_pods(cloud: Cloud, t: Tenant, app: str, hosts: list[int]) -> list[objects_pb2.Pod]:
     pods = []
     for i, n in enumerate(hosts):
         pods.append(await cloud.run_pod(t, f"{app}-{i}", cloud.hosts.host(n), {"app": app}))
@@ -42,7 +42,7 @@ async def delete_pods(t: Tenant, *names: str) -> None:
 async def test_cluster_ip_reaches_every_endpoint_hairpins_and_follows_scale_down(lbcloud: Cloud) -> None:
     cloud = lbcloud
     t = await cloud.tenant("alpha")
-    pods = await web_pods(cloud, t, "web", [1, 2, 3], 8000)
+    pods = await web_pods(cloud, t, "web", [1, 2, 3])
     client = await cloud.run_pod(t, "client", cloud.hosts.host(1))
     servers = start_servers(cloud, pods, 8000)
     try:
@@ -85,7 +85,7 @@ async def _count_is(t: Tenant, name: str, n: int) -> bool:
 async def test_client_ip_affinity_keeps_a_client_on_one_endpoint(lbcloud: Cloud) -> None:
     cloud = lbcloud
     t = await cloud.tenant("alpha")
-    pods = await web_pods(cloud, t, "sticky", [1, 2, 3], 8000)
+    pods = await web_pods(cloud, t, "sticky", [1, 2, 3])
     clients = [await cloud.run_pod(t, f"c{i}", cloud.hosts.host(i + 1)) for i in range(2)]
     servers = start_servers(cloud, pods, 8000)
     try:
@@ -107,7 +107,7 @@ async def test_client_ip_affinity_keeps_a_client_on_one_endpoint(lbcloud: Cloud)
 async def test_node_port_answers_on_every_host(lbcloud: Cloud) -> None:
     cloud = lbcloud
     t = await cloud.tenant("alpha")
-    pods = await web_pods(cloud, t, "np", [1, 2], 8000)
+    pods = await web_pods(cloud, t, "np", [1, 2])
     servers = start_servers(cloud, pods, 8000)
     try:
         svc = await t.call(
@@ -143,8 +143,8 @@ async def test_floating_ip_from_the_internet_several_ports_and_unbinding(lbcloud
     cloud = lbcloud
     t = await cloud.tenant("alpha")
     fip = (await t.call("AllocateFloatingIP", network_pb2.AllocateFloatingIPRequest())).address
-    web = await web_pods(cloud, t, "nginx", [1, 2], 80)
-    api = await web_pods(cloud, t, "api", [3], 81)
+    web = await web_pods(cloud, t, "nginx", [1, 2])
+    api = await web_pods(cloud, t, "api", [3])
     servers = start_servers(cloud, web, 80) + start_servers(cloud, api, 81)
     lb = objects_pb2.SERVICE_TYPE_LOAD_BALANCER
     inet = cloud.hosts.internet
@@ -232,7 +232,7 @@ async def test_an_lb_restart_does_not_break_a_long_transfer(lbcloud: Cloud) -> N
 async def test_a_udp_client_moves_on_when_its_endpoint_goes(lbcloud: Cloud) -> None:
     cloud = lbcloud
     t = await cloud.tenant("alpha")
-    pods = await web_pods(cloud, t, "dns", [1, 2], 53)
+    pods = await web_pods(cloud, t, "dns", [1, 2])
     asker = await cloud.run_pod(t, "resolver", cloud.hosts.host(1))
     servers = [serve(cloud.pod_netns(p), 5353, p.metadata.name, UDP_SERVER) for p in pods]
     reached = ""
