@@ -5,7 +5,7 @@ import warnings
 
 from pinet.dns.v1 import dns_pb2 as pinet_dot_dns_dot_v1_dot_dns__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.82.3'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

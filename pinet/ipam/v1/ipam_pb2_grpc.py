@@ -5,7 +5,7 @@ import warnings
 
 from pinet.ipam.v1 import ipam_pb2 as pinet_dot_ipam_dot_v1_dot_ipam__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.82.3'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -5,7 +5,7 @@ import warnings
 
 from pinet.lb.v1 import lb_pb2 as pinet_dot_lb_dot_v1_dot_lb__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.82.3'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

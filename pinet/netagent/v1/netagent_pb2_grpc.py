@@ -5,7 +5,7 @@ import warnings
 
 from pinet.netagent.v1 import netagent_pb2 as pinet_dot_netagent_dot_v1_dot_netagent__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.82.3'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -7,7 +7,7 @@ from pinet.common.v1 import meta_pb2 as pinet_dot_common_dot_v1_dot_meta__pb2
 from pinet.network.v1 import network_pb2 as pinet_dot_network_dot_v1_dot_network__pb2
 from pinet.network.v1 import objects_pb2 as pinet_dot_network_dot_v1_dot_objects__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.82.3'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
