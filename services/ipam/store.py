@@ -14,10 +14,9 @@ from pinet.etcd.batch import TxnBatcher
 from pinet.etcd.client import (
     Etcd,
     KeyValue,
-    key_missing,
+    create_all_request,
     mod_revision_is,
     op_delete,
-    op_get,
     op_get_prefix,
     op_put,
     prefix_empty,
@@ -62,21 +61,16 @@ def decode_allocation(kv: KeyValue) -> ipam_pb2.Allocation:
 
 
 async def claim(batcher: TxnBatcher, allocation: ipam_pb2.Allocation) -> Claim:
-    """Create address and handle keys if both are absent."""
+    """Create address and handle keys if both are absent. When they are
+    created, allocation itself gets the resource_version and is returned."""
     akey = address_key(allocation.pool, allocation.address)
     hkey = handle_key(allocation.pool, allocation.owner.handle)
     value = IPAM_ADDRESSES.encode(allocation)
-    res = await batcher.txn(
-        [key_missing(akey), key_missing(hkey)],
-        [op_put(akey, value), op_put(hkey, value)],
-        [op_get(hkey)],
-        writes=frozenset((akey, hkey)),
-    )
+    request = create_all_request([(akey, value), (hkey, value)], read_if_taken=[hkey])
+    res = await batcher.txn(request, writes=frozenset((akey, hkey)))
     if res.succeeded:
-        created = ipam_pb2.Allocation()
-        created.CopyFrom(allocation)
-        created.resource_version = res.revision
-        return Claim(Outcome.CREATED, created, res.revision)
+        allocation.resource_version = res.revision
+        return Claim(Outcome.CREATED, allocation, res.revision)
     held = res.kvs(0)
     if held:
         return Claim(Outcome.HELD, decode_allocation(held[0]), res.revision)
