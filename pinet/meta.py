@@ -13,5 +13,11 @@ def now() -> Timestamp:
     return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
+def stamp(timestamp: Timestamp) -> None:
+    """Set timestamp to now in place (no temporary message to copy)."""
+    nanos = time.time_ns()
+    timestamp.seconds, timestamp.nanos = divmod(nanos, 1_000_000_000)
+
+
 def new_uid() -> str:
     return str(uuid.uuid4())

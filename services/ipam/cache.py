@@ -28,6 +28,8 @@ class PoolCache:
         self.pools: Informer[ipam_pb2.Pool] = Informer(etcd, IPAM_POOLS.prefix, IPAM_POOLS.decode, "ipam-pools")
         self.addresses: Informer[bytes] = Informer(etcd, IPAM_ADDRESSES.prefix, _raw, "ipam-addresses")
         self.states: dict[str, PoolState] = {}
+        # The pools informer's objects by pool name, for the allocation path.
+        self._by_name: dict[str, ipam_pb2.Pool] = {}
         self.pools.subscribe(self._on_pool)
         self.addresses.subscribe(self._on_address)
 
@@ -42,7 +44,7 @@ class PoolCache:
         await self.addresses.stop()
 
     def pool(self, name: str) -> ipam_pb2.Pool | None:
-        return self.pools.get(IPAM_POOLS.key(name)) if name else None
+        return self._by_name.get(name)
 
     def state(self, name: str) -> PoolState | None:
         return self.states.get(name)
@@ -65,8 +67,10 @@ class PoolCache:
     def _on_pool(self, event: Event[ipam_pb2.Pool]) -> None:
         name = event.obj.name
         if event.type is EventType.DELETED:
+            self._by_name.pop(name, None)
             self.states.pop(name, None)
             return
+        self._by_name[name] = event.obj
         try:
             layout = PoolLayout.from_pool(event.obj)
         except ApiError as exc:

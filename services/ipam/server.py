@@ -23,7 +23,7 @@ from pinet.etcd.batch import TxnBatcher
 from pinet.etcd.client import Etcd, key_missing, op_delete, op_put, prefix_empty, unchanged_since
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS, NODE_LEASES
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from pinet.meta import now
+from pinet.meta import stamp
 from pinet.services.ipam import store
 from pinet.services.ipam.cache import PoolCache
 from pinet.services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, network_pools, overlaps
@@ -191,10 +191,15 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
     async def Allocate(self, request: ipam_pb2.AllocateRequest, context: Context) -> ipam_pb2.AllocateResponse:
         pool, state = self._pool(request.pool)
         self._check_owner(pool, request.owner)
-        alloc = ipam_pb2.Allocation(pool=pool.name, owner=request.owner)
-        alloc.allocated_at.CopyFrom(now())
+        # The allocation is built inside the response, so that answering
+        # does not copy it.
+        resp = ipam_pb2.AllocateResponse()
+        alloc = resp.allocation
+        alloc.pool = pool.name
+        alloc.owner.CopyFrom(request.owner)
+        stamp(alloc.allocated_at)
         if request.address:
-            return await self._allocate_specific(pool, state, alloc, request.address)
+            return await self._allocate_specific(pool, state, resp, request.address)
         for _ in range(MAX_CLAIM_ATTEMPTS):
             ip = state.propose()
             if ip is None:
@@ -207,7 +212,8 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
                 raise
             if claim.outcome is store.Outcome.CREATED:
                 state.settle(ip, taken=True)
-                return ipam_pb2.AllocateResponse(allocation=claim.allocation, created=True)
+                resp.created = True
+                return resp
             if claim.outcome is store.Outcome.HELD:
                 state.settle(ip, taken=False)
                 return ipam_pb2.AllocateResponse(allocation=claim.allocation, created=False)
@@ -226,7 +232,7 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
         return ip
 
     async def _allocate_specific(
-        self, pool: ipam_pb2.Pool, state: PoolState, alloc: ipam_pb2.Allocation, address: str
+        self, pool: ipam_pb2.Pool, state: PoolState, resp: ipam_pb2.AllocateResponse, address: str
     ) -> ipam_pb2.AllocateResponse:
         try:
             ip = ip_to_int(address, "address")
@@ -234,11 +240,13 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
             raise invalid(f"address: {address!r} is not an IPv4 address") from None
         if not state.layout.contains(ip):
             raise out_of_range(f"address: {address} is not an allocatable address of pool {pool.name}")
+        alloc = resp.allocation
         alloc.address = int_to_ip(ip)
         claim = await store.claim(self.batcher, alloc)
         if claim.outcome is store.Outcome.CREATED:
             state.mark_used(ip)
-            return ipam_pb2.AllocateResponse(allocation=claim.allocation, created=True)
+            resp.created = True
+            return resp
         if claim.outcome is store.Outcome.HELD:
             if claim.allocation.address == alloc.address:
                 return ipam_pb2.AllocateResponse(allocation=claim.allocation, created=False)
