@@ -1,12 +1,16 @@
-"""Prometheus metrics: an HTTP /metrics endpoint and gRPC call metrics."""
+"""Prometheus metrics: an HTTP /metrics endpoint and gRPC call metrics.
+
+Calls are counted by the servicer decorators (pinet.errors.unary/stream),
+which every pinet handler already passes through, rather than by a server
+interceptor: an interceptor adds a chain of coroutines to every call, and on
+a loaded ipam one more coroutine layer per call measured about 14 µs of its
+240 µs of CPU per call."""
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import grpc
 from prometheus_client import Counter, Histogram, start_http_server
 
 GRPC_HANDLED = Counter(
@@ -30,80 +34,41 @@ def serve_metrics(address: str) -> int:
     return int(server.server_port)
 
 
-def _code_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    code = context.code()
-    if code is None:
-        return "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return str(code)
+def _service_of(servicer_type: type) -> str:
+    """The full name of the gRPC service a servicer class implements, found
+    through its generated base class (FooServicer in x_pb2_grpc) and the
+    descriptor of the matching x_pb2 module."""
+    for base in servicer_type.__mro__:
+        module = sys.modules.get(base.__module__.removesuffix("_grpc"))
+        if base.__module__.endswith("_pb2_grpc") and module is not None:
+            service = module.DESCRIPTOR.services_by_name.get(base.__name__.removesuffix("Servicer"))
+            if service is not None:
+                return str(service.full_name)
+    return servicer_type.__name__
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Counts every call by status code and times unary calls."""
+class CallMetrics:
+    """The counters of one method of one servicer."""
 
-    def __init__(self) -> None:
-        # One wrapped handler per method, built on its first call: wrapping
-        # per call would cost every call an allocation and a lookup.
-        self._wrapped: dict[str, Any] = {}
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self.latency = GRPC_LATENCY.labels(service, method)
+        self.ok = GRPC_HANDLED.labels(service, method, "OK")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        wrapped = self._wrapped.get(handler_call_details.method)
-        if wrapped is None:
-            handler: Any = await continuation(handler_call_details)
-            if handler is None:
-                return handler
-            wrapped = self._wrapped[handler_call_details.method] = self._wrap(handler_call_details.method, handler)
-        return wrapped
+    def finished(self, code: str, started: float | None = None) -> None:
+        """A call ended with status code (started: perf_counter at its start,
+        for unary calls, whose latency is recorded)."""
+        if started is not None:
+            self.latency.observe(time.perf_counter() - started)
+        (self.ok if code == "OK" else GRPC_HANDLED.labels(self.service, self.method, code)).inc()
 
-    def _wrap(self, full_method: str, handler: Any) -> Any:
-        _, _, full = full_method.partition("/")
-        service, _, method = full.partition("/")
-        latency = GRPC_LATENCY.labels(service, method)
-        ok = GRPC_HANDLED.labels(service, method, "OK")
-        if handler.unary_unary:
-            inner = handler.unary_unary
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                start = time.perf_counter()
-                code = "OK"
-                try:
-                    return await inner(request, context)
-                except BaseException:
-                    code = _code_of(context) if context.code() is not None else "UNKNOWN"
-                    raise
-                finally:
-                    if code == "OK":
-                        code = _code_of(context)
-                    latency.observe(time.perf_counter() - start)
-                    (ok if code == "OK" else GRPC_HANDLED.labels(service, method, code)).inc()
+_CALLS: dict[tuple[type, str], CallMetrics] = {}
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary,  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            inner_stream = handler.unary_stream
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                code = "OK"
-                try:
-                    async for item in inner_stream(request, context):
-                        yield item
-                except BaseException:
-                    code = _code_of(context) if context.code() is not None else "CANCELLED"
-                    raise
-                finally:
-                    GRPC_HANDLED.labels(service, method, code).inc()
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+def call_metrics(servicer_type: type, method: str) -> CallMetrics:
+    metrics = _CALLS.get((servicer_type, method))
+    if metrics is None:
+        metrics = _CALLS[servicer_type, method] = CallMetrics(_service_of(servicer_type), method)
+    return metrics
