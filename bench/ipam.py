@@ -1,5 +1,12 @@
 """IPAM allocation throughput and latency through gRPC, beside raw etcd
-transactions at the same concurrency on the same machine."""
+transactions at the same concurrency on the same machine, and beside an
+Allocate that does nothing (bench/empty_ipam.py: what any Python gRPC
+service reaches here, pinet's work or not).
+
+The three are measured in alternating rounds, so that the machine changing
+speed during a run (a shared VM does, by tens of percent) moves all three
+alike instead of favouring whichever ran first.
+"""
 
 from __future__ import annotations
 
@@ -7,53 +14,108 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 import grpc
 
 from bench.common import Rate, raw_txn_rate, run_concurrent, start_service, throwaway_etcd
+from pinet.devstack.etcd import free_port
 from pinet.etcd.client import Etcd
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 
 if TYPE_CHECKING:
     from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
+CONCURRENCY = (1, 16, 64)
 
-async def ipam_rate(stub: IpamServiceAsyncStub, concurrency: int, total: int, tenant: str) -> Rate:
-    await stub.EnsureNetworkPools(ipam_pb2.EnsureNetworkPoolsRequest(tenant=tenant))
-    pool = f"{tenant}.default.pod"
 
+def allocate_request(tenant: str, i: int) -> ipam_pb2.AllocateRequest:
+    owner = ipam_pb2.Owner(tenant=tenant, kind=ipam_pb2.OWNER_KIND_POD, handle=f"pod-{i}")
+    return ipam_pb2.AllocateRequest(pool=f"{tenant}.default.pod", owner=owner)
+
+
+async def allocate_rate(stub: IpamServiceAsyncStub, concurrency: int, first: int, count: int, tenant: str) -> Rate:
     async def op(i: int) -> None:
-        owner = ipam_pb2.Owner(tenant=tenant, kind=ipam_pb2.OWNER_KIND_POD, handle=f"pod-{i}")
-        await stub.Allocate(ipam_pb2.AllocateRequest(pool=pool, owner=owner))
+        await stub.Allocate(allocate_request(tenant, first + i))
 
-    return await run_concurrent(concurrency, total, op)
+    return await run_concurrent(concurrency, count, op)
 
 
-async def main(total: int) -> None:
+async def start_empty_ipam() -> tuple[asyncio.subprocess.Process, str]:
+    address = f"127.0.0.1:{free_port()}"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.empty_ipam", "--listen", address)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ipam_pb2_grpc.IpamServiceStub(channel)
+        for _ in range(300):
+            try:
+                await stub.Allocate(allocate_request("warmup", 0), timeout=1)
+                return proc, address
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the empty IpamService did not start")
+
+
+def merged(rates: list[Rate]) -> Rate:
+    return Rate(sum(r.ops for r in rates), sum(r.seconds for r in rates), [lat for r in rates for lat in r.latencies])
+
+
+async def main(total: int, rounds: int) -> None:
     with throwaway_etcd() as server:
         etcd = await Etcd(server.endpoint).connect()
-        proc, address = await start_service("ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", "")
+        ipam_proc, ipam_address = await start_service(
+            "ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", ""
+        )
+        empty_proc, empty_address = await start_empty_ipam()
         try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                stub = ipam_pb2_grpc.IpamServiceStub(channel)
+            async with (
+                grpc.aio.insecure_channel(ipam_address) as ipam_channel,
+                grpc.aio.insecure_channel(empty_address) as empty_channel,
+            ):
+                ipam = ipam_pb2_grpc.IpamServiceStub(ipam_channel)
+                empty = ipam_pb2_grpc.IpamServiceStub(empty_channel)
                 print(
-                    f"{total} allocations per row; one ipam process; etcd {server.endpoint}; {os.cpu_count()} cores\n"
+                    f"{total} allocations per row (a quarter at 1 client) in {rounds} alternating rounds; "
+                    f"one ipam process; etcd {server.endpoint}; {os.cpu_count()} cores\n"
                 )
-                print(f"{'clients':>7}  {'pinet Allocate (gRPC)':^42}  {'raw etcd txn':^42}  {'ratio':>5}")
-                for concurrency in (1, 16, 64):
-                    n = total if concurrency > 1 else total // 4
-                    ipam = await ipam_rate(stub, concurrency, n, f"bench{concurrency}")
-                    raw = await raw_txn_rate(etcd, concurrency, n, f"c{concurrency}")
-                    ratio = ipam.per_second / raw.per_second
-                    print(f"{concurrency:>7}  {ipam.summary():>42}  {raw.summary():>42}  {ratio:5.2f}")
+                print(
+                    f"{'clients':>7}  {'pinet Allocate (gRPC)':^42}  {'raw etcd txn':^42}  {'ratio (rounds)':^16}"
+                    f"  {'empty Allocate (gRPC)':^42}  {'pinet/empty':>11}"
+                )
+                await ipam.EnsureNetworkPools(ipam_pb2.EnsureNetworkPoolsRequest(tenant="warmup"))
+                await allocate_rate(ipam, 16, 0, 500, "warmup")
+                await allocate_rate(empty, 16, 0, 500, "warmup")
+                await raw_txn_rate(etcd, 16, 500, "warmup")
+                for concurrency in CONCURRENCY:
+                    tenant = f"bench{concurrency}"
+                    await ipam.EnsureNetworkPools(ipam_pb2.EnsureNetworkPoolsRequest(tenant=tenant))
+                    per_round = (total if concurrency > 1 else total // 4) // rounds
+                    pinet_rounds: list[Rate] = []
+                    raw_rounds: list[Rate] = []
+                    empty_rounds: list[Rate] = []
+                    for r in range(rounds):
+                        first = r * per_round
+                        pinet_rounds.append(await allocate_rate(ipam, concurrency, first, per_round, tenant))
+                        raw_rounds.append(await raw_txn_rate(etcd, concurrency, per_round, f"c{concurrency}r{r}"))
+                        empty_rounds.append(await allocate_rate(empty, concurrency, first, per_round, tenant))
+                    pinet, raw, noop = merged(pinet_rounds), merged(raw_rounds), merged(empty_rounds)
+                    ratios = [p.per_second / w.per_second for p, w in zip(pinet_rounds, raw_rounds, strict=True)]
+                    spread = f"{pinet.per_second / raw.per_second:.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+                    print(
+                        f"{concurrency:>7}  {pinet.summary():>42}  {raw.summary():>42}  {spread:^16}"
+                        f"  {noop.summary():>42}  {pinet.per_second / noop.per_second:11.2f}"
+                    )
         finally:
-            proc.send_signal(signal.SIGTERM)
-            await proc.wait()
+            for proc in (ipam_proc, empty_proc):
+                proc.send_signal(signal.SIGTERM)
+                await proc.wait()
             await etcd.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--allocations", type=int, default=20_000)
-    asyncio.run(main(parser.parse_args().allocations))
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(main(args.allocations, args.rounds))
