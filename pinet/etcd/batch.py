@@ -13,8 +13,9 @@ operations leaves each transaction nested in it 128 - n, so a batch of claims
 of two keys each holds at most 126.
 
 Each submission is serialized once, when it is submitted; a batch is framed
-from those bytes (client.nested_txns) rather than rebuilt as messages: on the
-ipam's allocation path that copying cost more than the rest of the batching.
+from those bytes (client.nested_txns) rather than rebuilt as messages: for an
+ipam claim, building and framing went from 10.8 to 4.4 µs (a microbenchmark
+of 20,000 claims in batches of 64).
 """
 
 from __future__ import annotations
