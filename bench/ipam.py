@@ -64,11 +64,14 @@ def merged(rates: list[Rate]) -> Rate:
 async def main(total: int, rounds: int) -> None:
     with throwaway_etcd() as server:
         etcd = await Etcd(server.endpoint).connect()
-        ipam_proc, ipam_address = await start_service(
-            "ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", ""
-        )
-        empty_proc, empty_address = await start_empty_ipam()
+        procs: list[asyncio.subprocess.Process] = []
         try:
+            ipam_proc, ipam_address = await start_service(
+                "ipam", server.endpoint, "--gc-interval", "0", "--floating-ranges", ""
+            )
+            procs.append(ipam_proc)
+            empty_proc, empty_address = await start_empty_ipam()
+            procs.append(empty_proc)
             async with (
                 grpc.aio.insecure_channel(ipam_address) as ipam_channel,
                 grpc.aio.insecure_channel(empty_address) as empty_channel,
@@ -107,7 +110,7 @@ async def main(total: int, rounds: int) -> None:
                         f"  {noop.summary():>42}  {pinet.per_second / noop.per_second:11.2f}"
                     )
         finally:
-            for proc in (ipam_proc, empty_proc):
+            for proc in procs:
                 proc.send_signal(signal.SIGTERM)
                 await proc.wait()
             await etcd.close()

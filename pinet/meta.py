@@ -9,8 +9,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def now() -> Timestamp:
-    nanos = time.time_ns()
-    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
+    timestamp = Timestamp()
+    stamp(timestamp)
+    return timestamp
 
 
 def stamp(timestamp: Timestamp) -> None:

@@ -39,11 +39,12 @@ def _service_of(servicer_type: type) -> str:
     through its generated base class (FooServicer in x_pb2_grpc) and the
     descriptor of the matching x_pb2 module."""
     for base in servicer_type.__mro__:
+        if not base.__module__.endswith("_pb2_grpc"):
+            continue
         module = sys.modules.get(base.__module__.removesuffix("_grpc"))
-        if base.__module__.endswith("_pb2_grpc") and module is not None:
-            service = module.DESCRIPTOR.services_by_name.get(base.__name__.removesuffix("Servicer"))
-            if service is not None:
-                return str(service.full_name)
+        service = module.DESCRIPTOR.services_by_name.get(base.__name__.removesuffix("Servicer")) if module else None
+        if service is not None:
+            return str(service.full_name)
     return servicer_type.__name__
 
 
