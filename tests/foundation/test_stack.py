@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from pinet.devstack.hosts import netns_names
-from tests.helpers.stack import new_stack
+from tests.helpers.stack import new_stack, stack_ports
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -21,6 +21,18 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline and "pytest" not in cmdline:
             found.append(f"{pid}: {cmdline}")
     return found
+
+
+def test_stacks_of_one_test_run_never_share_a_port(tmp_path: Path) -> None:
+    # Offsets 2000 apart would have (one run's demo stack once failed so).
+    assert stack_ports(10_000) & stack_ports(12_000)
+    stacks = [new_stack(tmp_path) for _ in range(10)]
+    seen: set[int] = set()
+    for stack in stacks:
+        ports = stack_ports(stack.offset)
+        assert {7700 + stack.offset, 9700 + stack.offset, 10053 + stack.offset} <= ports
+        assert not ports & seen, f"offset {stack.offset} shares ports with an earlier stack"
+        seen |= ports
 
 
 def test_stack_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pinet.devstack.etcd import free_port
+from pinet.devstack.hosts import SimulatedHosts
+from pinet.devstack.stack import default_services
 from tests.helpers.procs import ROOT
 
 
@@ -72,8 +76,35 @@ class Stack:
         return out
 
 
+# Every port handed to a stack of this test run: a module's long-lived stack
+# and a test's own run side by side, and offsets 2000 apart would put one's
+# gRPC ports (7700 + offset) on the other's metrics ports (9700 + offset).
+_HANDED_OUT: set[int] = set()
+
+
+def stack_ports(offset: int) -> set[int]:
+    """The loopback ports `pinet stack --port-offset offset` listens on."""
+    specs = default_services(SimulatedHosts("x"), offset=offset)
+    addresses = [a for spec in specs for a in (spec.listen, spec.metrics, *spec.extra)]
+    return {int(a.rsplit(":", 1)[1]) for a in addresses if re.fullmatch(r"127\.0\.0\.1:\d+", a)}
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def new_stack(tmp: Path) -> Stack:
-    # Service ports run from 7700 to 9722 plus the offset: all of them stay
-    # below the kernel's ephemeral range (32768 and up), where any client
-    # socket of the machine might hold one.
-    return Stack(tmp, free_port(), random.randrange(10_000, 22_000, 100), f"s{random.randrange(16**4):04x}")
+    # Offsets keep every service port below the kernel's ephemeral range
+    # (32768 and up), where any client socket of the machine might hold one.
+    for _ in range(200):
+        offset = random.randrange(10_000, 22_000, 100)
+        ports = stack_ports(offset)
+        if not ports & _HANDED_OUT and all(_bindable(port) for port in ports):
+            _HANDED_OUT.update(ports)
+            return Stack(tmp, free_port(), offset, f"s{random.randrange(16**4):04x}")
+    raise RuntimeError("no port offset leaves a stack's ports free")
