@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -84,6 +86,18 @@ async def raw_txn_rate(etcd: Etcd, concurrency: int, total: int, tag: str) -> Ra
         await etcd.txn([key_missing(key)], [op_put(key, b"x" * 64)])
 
     return await run_concurrent(concurrency, total, op)
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU time of a process (all its threads) so far;
+    None: this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as f:
+        # The fields after the command name, which may itself hold spaces.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def median(values: list[float]) -> float:

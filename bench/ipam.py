@@ -6,6 +6,10 @@ service reaches here, pinet's work or not).
 The three are measured in alternating rounds, so that the machine changing
 speed during a run (a shared VM does, by tens of percent) moves all three
 alike instead of favouring whichever ran first.
+
+A second table gives the CPU time each process spent per operation. The
+client, ipam and etcd share the machine's cores, so when the cores are the
+limit the rates stand in the inverse ratio of these totals.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
 
-from bench.common import Rate, raw_txn_rate, run_concurrent, start_service, throwaway_etcd
+from bench.common import Rate, cpu_seconds, raw_txn_rate, run_concurrent, start_service, throwaway_etcd
 from pinet.devstack.etcd import free_port
 from pinet.etcd.client import Etcd
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
@@ -57,6 +63,30 @@ async def start_empty_ipam() -> tuple[asyncio.subprocess.Process, str]:
     raise RuntimeError("the empty IpamService did not start")
 
 
+@dataclass
+class CpuUse:
+    """CPU seconds spent by each process over the rounds of one system."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    ops: int = 0
+
+    async def measure(self, pids: dict[str, int | None], rate: Awaitable[Rate]) -> Rate:
+        """pids: name -> process (None: this one, the client)."""
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        result = await rate
+        for name, pid in pids.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + cpu_seconds(pid) - before[name]
+        self.ops += result.ops
+        return result
+
+    def summary(self) -> str:
+        parts = [f"{name} {1e6 * spent / self.ops:.0f}" for name, spent in self.seconds.items()]
+        return f"{' + '.join(parts)} = {self.total():.0f}"
+
+    def total(self) -> float:
+        return 1e6 * sum(self.seconds.values()) / self.ops if self.ops else 0.0
+
+
 def merged(rates: list[Rate]) -> Rate:
     return Rate(sum(r.ops for r in rates), sum(r.seconds for r in rates), [lat for r in rates for lat in r.latencies])
 
@@ -90,6 +120,9 @@ async def main(total: int, rounds: int) -> None:
                 await allocate_rate(ipam, 16, 0, 500, "warmup")
                 await allocate_rate(empty, 16, 0, 500, "warmup")
                 await raw_txn_rate(etcd, 16, 500, "warmup")
+                assert server.proc is not None and ipam_proc.pid and empty_proc.pid
+                etcd_pid = server.proc.pid
+                cpu_rows: list[str] = []
                 for concurrency in CONCURRENCY:
                     tenant = f"bench{concurrency}"
                     await ipam.EnsureNetworkPools(ipam_pb2.EnsureNetworkPoolsRequest(tenant=tenant))
@@ -97,11 +130,27 @@ async def main(total: int, rounds: int) -> None:
                     pinet_rounds: list[Rate] = []
                     raw_rounds: list[Rate] = []
                     empty_rounds: list[Rate] = []
+                    pinet_cpu, raw_cpu, empty_cpu = CpuUse(), CpuUse(), CpuUse()
                     for r in range(rounds):
                         first = r * per_round
-                        pinet_rounds.append(await allocate_rate(ipam, concurrency, first, per_round, tenant))
-                        raw_rounds.append(await raw_txn_rate(etcd, concurrency, per_round, f"c{concurrency}r{r}"))
-                        empty_rounds.append(await allocate_rate(empty, concurrency, first, per_round, tenant))
+                        pinet_rounds.append(
+                            await pinet_cpu.measure(
+                                {"client": None, "ipam": ipam_proc.pid, "etcd": etcd_pid},
+                                allocate_rate(ipam, concurrency, first, per_round, tenant),
+                            )
+                        )
+                        raw_rounds.append(
+                            await raw_cpu.measure(
+                                {"client": None, "etcd": etcd_pid},
+                                raw_txn_rate(etcd, concurrency, per_round, f"c{concurrency}r{r}"),
+                            )
+                        )
+                        empty_rounds.append(
+                            await empty_cpu.measure(
+                                {"client": None, "server": empty_proc.pid},
+                                allocate_rate(empty, concurrency, first, per_round, tenant),
+                            )
+                        )
                     pinet, raw, noop = merged(pinet_rounds), merged(raw_rounds), merged(empty_rounds)
                     ratios = [p.per_second / w.per_second for p, w in zip(pinet_rounds, raw_rounds, strict=True)]
                     spread = f"{pinet.per_second / raw.per_second:.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
@@ -109,6 +158,13 @@ async def main(total: int, rounds: int) -> None:
                         f"{concurrency:>7}  {pinet.summary():>42}  {raw.summary():>42}  {spread:^16}"
                         f"  {noop.summary():>42}  {pinet.per_second / noop.per_second:11.2f}"
                     )
+                    cpu_rows.append(
+                        f"{concurrency:>7}  {pinet_cpu.summary():^34}  {raw_cpu.summary():^24}"
+                        f"  {raw_cpu.total() / pinet_cpu.total():^9.2f}  {empty_cpu.summary():^26}"
+                    )
+                print("\nCPU per operation, µs (client: this process; the processes share the cores):\n")
+                print(f"{'clients':>7}  {'pinet':^34}  {'raw etcd txn':^24}  {'raw/pinet':^9}  {'empty Allocate':^26}")
+                print("\n".join(cpu_rows))
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
