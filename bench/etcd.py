@@ -57,7 +57,9 @@ async def informer_catch_up(etcd: Etcd, writes: int) -> float:
     start_revision = await etcd.current_revision()
     payload = b"v" * 64
     for base in range(0, writes, 1000):
-        await asyncio.gather(*(etcd.put(prefix + f"k{i}".encode(), payload) for i in range(base, base + 1000)))
+        await asyncio.gather(
+            *(etcd.put(prefix + f"k{i}".encode(), payload) for i in range(base, min(base + 1000, writes)))
+        )
     head = await etcd.current_revision()
     informer = Informer(etcd, prefix, identity)
     informer.revision = start_revision  # resume as if it had been away
