@@ -76,9 +76,9 @@ class Stack:
         return out
 
 
-# Every port handed to a stack of this test run: a module's long-lived stack
-# and a test's own run side by side, and offsets 2000 apart would put one's
-# gRPC ports (7700 + offset) on the other's metrics ports (9700 + offset).
+# Every port handed to a stack of this test run. A module's long-lived stack
+# and a test's own stack run side by side, and offsets 2000 apart would put
+# one's gRPC ports (7700 + offset) on the other's metrics ports (9700 + offset).
 _HANDED_OUT: set[int] = set()
 
 
