@@ -64,6 +64,21 @@ def entered(netns: str) -> Iterator[None]:
         os.close(own)
 
 
+def write_sysctl(netns: str, name: str, value: str) -> bool:
+    """Set a sysctl inside netns; False when the kernel lacks it."""
+    path = "/proc/sys/" + name.replace(".", "/")
+    with entered(netns):
+        try:
+            with open(path) as f:
+                if f.read().strip() == value:
+                    return True
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            return False
+    return True
+
+
 def open_netlink(netns: str) -> IPRoute:
     """A netlink socket inside netns (a name under /run/netns or a path)."""
     with entered(netns):

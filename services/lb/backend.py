@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from pinet.netns import KernelError, netns_identity
+from pinet.nftlib import Nft, element_key
 from pinet.services.lb import nftrules, router
 from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from pinet.services.lb.nftlib import Nft, element_key
 from pinet.services.netagent import names
 
 

@@ -24,8 +24,8 @@ from typing import Any
 from pyroute2 import NetlinkError
 
 from pinet.netns import entered, open_netlink, run
+from pinet.nftlib import Nft, element_key
 from pinet.services.lb.model import HostLb
-from pinet.services.lb.nftlib import Nft, element_key
 
 TABLE = "ip pinet-lb"
 FIP_ROUTE_PROTO = 0x72

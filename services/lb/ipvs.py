@@ -19,11 +19,11 @@ from typing import Any
 
 from pyroute2 import IPVS, IPVSDest, IPVSService, NetlinkError
 
-from pinet.netns import KernelError, entered, netns_identity
+from pinet.netns import KernelError, entered, netns_identity, write_sysctl
+from pinet.nftlib import Nft
 from pinet.services.lb import nftrules, router
 from pinet.services.lb.backend import read_layout
 from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from pinet.services.lb.nftlib import Nft
 from pinet.services.netagent import names
 
 IP_VS_SVC_F_PERSISTENT = 0x1
@@ -120,7 +120,7 @@ class IpvsBackend:
         self._identity[r.netns] = identity
         before = self._applied.get(r.netns)
         if full or before is None:
-            router.write_sysctl(r.netns, "net.ipv4.vs.conntrack", "1")
+            write_sysctl(r.netns, "net.ipv4.vs.conntrack", "1")
             fips = {f"{vs.vip}/32" for vs in r.services.values() if vs.frontend is Frontend.FLOATING_IP}
             changes += router.prepare(r.netns, {r.service_cidr, *fips})
             changes += self._sync_nat(r, full=True)

@@ -10,28 +10,13 @@ from typing import Any
 
 from pyroute2 import NetlinkError
 
-from pinet.netns import entered, open_netlink
+from pinet.netns import open_netlink, write_sysctl
 
 RTN_LOCAL = 2
 RT_SCOPE_HOST = 254
 RT_TABLE_LOCAL = 255
 # Marks the lb's local routes as its own (see netagent's PEER_ROUTE_PROTO).
 LB_ROUTE_PROTO = 0x71
-
-
-def write_sysctl(netns: str, name: str, value: str) -> bool:
-    """Set a sysctl inside netns; False when the kernel lacks it."""
-    path = "/proc/sys/" + name.replace(".", "/")
-    with entered(netns):
-        try:
-            with open(path) as f:
-                if f.read().strip() == value:
-                    return True
-            with open(path, "w") as f:
-                f.write(value)
-        except FileNotFoundError:
-            return False
-    return True
 
 
 def prepare(netns: str, local_cidrs: set[str]) -> list[str]:
