@@ -21,6 +21,11 @@ from pinet.store import for_storage, update
 log = logging.getLogger(__name__)
 
 
+def _value(node: objects_pb2.Node, name: str) -> object:
+    value = getattr(node, name)
+    return value if isinstance(value, str) else dict(value) if name == "labels" else list(value)
+
+
 class NodeRegistration:
     def __init__(self, etcd: Etcd, node: objects_pb2.Node, ttl: int = 5) -> None:
         self.etcd = etcd
@@ -39,20 +44,24 @@ class NodeRegistration:
         wanted = self.node
 
         def mutate(existing: objects_pb2.Node) -> bool:
-            changed = (existing.underlay_ip, existing.agent_address, dict(existing.labels)) != (
-                wanted.underlay_ip,
-                wanted.agent_address,
-                dict(wanted.labels),
-            )
+            fields = ("underlay_ip", "agent_address", "labels", "host_addresses")
+            changed = any(_value(existing, f) != _value(wanted, f) for f in fields)
             existing.underlay_ip, existing.agent_address = wanted.underlay_ip, wanted.agent_address
             existing.labels.clear()
             existing.labels.update(wanted.labels)
+            existing.host_addresses[:] = wanted.host_addresses
             return changed
 
         if await update(self.etcd, NODES, key, mutate) is None:
             fresh = for_storage(self.node)
             fresh.creation_timestamp.CopyFrom(now())
             await self.etcd.create(key, NODES.encode(fresh))
+
+    async def set_host_addresses(self, addresses: list[str]) -> None:
+        """The host's addresses changed (an interface came or went)."""
+        if list(self.node.host_addresses) != addresses:
+            self.node.host_addresses[:] = addresses
+            await self._register()
 
     async def _heartbeat(self) -> None:
         self.lease = await Lease(self.etcd, self.ttl).grant()

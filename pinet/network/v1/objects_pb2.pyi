@@ -222,6 +222,7 @@ class Node(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     CREATION_TIMESTAMP_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    HOST_ADDRESSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Node name (DNS-1123 subdomain), unique in the platform."""
     underlay_ip: _builtins.str
@@ -245,6 +246,13 @@ class Node(_message.Message):
 
     @_builtins.property
     def creation_timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def host_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every other IPv4 address of the host (its other interfaces, e.g. a
+        management network or a container bridge), kept current by its agent:
+        every host keeps pods away from all of them, not only from underlay_ip.
+        """
+
     def __init__(
         self,
         *,
@@ -257,10 +265,11 @@ class Node(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         creation_timestamp: _timestamp_pb2.Timestamp | None = ...,
         resource_version: _builtins.int = ...,
+        host_addresses: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_timestamp", b"creation_timestamp", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "creation_timestamp", b"creation_timestamp", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "name", b"name", "ready", b"ready", "reason", b"reason", "resource_version", b"resource_version", "underlay_ip", b"underlay_ip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "creation_timestamp", b"creation_timestamp", "host_addresses", b"host_addresses", "labels", b"labels", "last_heartbeat", b"last_heartbeat", "name", b"name", "ready", b"ready", "reason", b"reason", "resource_version", b"resource_version", "underlay_ip", b"underlay_ip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
