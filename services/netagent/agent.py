@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
+from prometheus_client import Counter
 
 from pinet.errors import failed_precondition, invalid, not_found, unary
 from pinet.etcd.client import Etcd
@@ -23,22 +24,43 @@ from pinet.etcd.keyspace import NODES, PODS, TENANTS
 from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.netns import netns_path
 from pinet.network.v1 import objects_pb2
+from pinet.nodes import NodeRegistration
 from pinet.podstatus import set_network_ready
 from pinet.reconcile import Reconciler, run_with_resync
-from pinet.services.netagent import desired, names
+from pinet.services.netagent import desired, isolation, names
 from pinet.services.netagent.kernel import Kernel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
+DROPPED = Counter(
+    "pinet_netagent_dropped_packets_total",
+    "Packets the isolation rules dropped on this host, by reason, and by tenant for the rules in its router "
+    "(empty for the host's own).",
+    ["reason", "tenant"],
+)
+DROP_REASONS = {
+    isolation.INFRA_DROPS: "infrastructure",
+    isolation.VXLAN_DROPS: "vxlan-not-from-peer",
+    isolation.SPOOF_DROPS: "spoofed",
+    isolation.CT_LIMIT_DROPS: "conntrack-limit",
+}
+# Drop counters are read back this often (in guard intervals).
+COUNTER_EVERY = 5
+
 
 class Agent:
-    def __init__(self, etcd: Etcd, node: str, kernel: Kernel, resync_interval: float = 10.0) -> None:
+    def __init__(
+        self, etcd: Etcd, node: str, kernel: Kernel, resync_interval: float = 10.0, guard_interval: float = 1.0
+    ) -> None:
         self.etcd = etcd
         self.node = node
         self.kernel = kernel
         self.resync_interval = resync_interval
+        self.guard_interval = guard_interval
+        self._counted: dict[tuple[str, str], int] = {}  # (namespace key, counter) -> packets counted so far
+        self.registration: NodeRegistration | None = None  # set by the app: its addresses follow the host
         self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode, "agent-pods")
         self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "agent-tenants")
         self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "agent-nodes")
@@ -66,8 +88,45 @@ class Agent:
             ):
                 self.attached[pod.metadata.uid] = pod.status.netns
 
+    async def host_addresses(self) -> list[str]:
+        return await self._k(self.kernel.host_addresses)
+
     async def run(self) -> None:
-        await run_with_resync(self.reconciler, self.resync_interval, "full")
+        guard = asyncio.create_task(self._watch_guard(), name="netagent-guard")
+        try:
+            await run_with_resync(self.reconciler, self.resync_interval, "full")
+        finally:
+            guard.cancel()
+
+    async def _watch_guard(self) -> None:
+        """Any change to nftables in a namespace of ours (by anyone) has the
+        guard there read back and repaired within a guard interval, rather
+        than at the next full pass; and the drop counters are exported."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(self.guard_interval)
+            try:
+                for key in await self._k(self.kernel.firewall.changed):
+                    self.reconciler.enqueue(f"guard:{key}")
+                ticks += 1
+                if ticks % COUNTER_EVERY == 0:
+                    self._export_counters(await self._k(self.kernel.refresh_counters))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("guard check failed: %s", exc)
+
+    def _export_counters(self, counters: dict[str, dict[str, int]]) -> None:
+        tenants = {r.netns: r.tenant for r in self.wanted().routers.values()}
+        for key, values in counters.items():
+            for path, packets in values.items():
+                reason = DROP_REASONS.get(path.rsplit(" ", 1)[-1])
+                if reason is None:
+                    continue
+                before = self._counted.get((key, path), 0)
+                # A table made anew starts its counters again from zero.
+                DROPPED.labels(reason, tenants.get(key, "")).inc(packets - before if packets >= before else packets)
+                self._counted[(key, path)] = packets
 
     async def stop(self) -> None:
         for informer in (self.pods, self.tenants, self.nodes):
@@ -79,8 +138,10 @@ class Agent:
 
     def wanted(self) -> desired.HostWiring:
         tenants = {t.name: t for t in self.tenants.values()}
-        underlay = {n.name: n.underlay_ip for n in self.nodes.values() if n.underlay_ip}
-        return desired.compute(self.node, self.pods.values(), tenants, underlay, self.attached)
+        nodes = self.nodes.values()
+        underlay = {n.name: n.underlay_ip for n in nodes if n.underlay_ip}
+        addresses = [a for n in nodes for a in n.host_addresses]
+        return desired.compute(self.node, self.pods.values(), tenants, underlay, self.attached, addresses)
 
     def _vni_of(self, pod: objects_pb2.Pod) -> int | None:
         tenant = self.tenants.get(TENANTS.key(pod.metadata.tenant))
@@ -116,12 +177,31 @@ class Agent:
             vni = int(ident)
             router = want.routers.get(vni)
             if router is not None:
-                changes = await self._k(self.kernel.ensure_router, router)
+                changes = await self._k(self.kernel.ensure_router, router, want.host_sets())
                 self._log(changes)
             elif names.router_netns(self.node, vni) in await self._k(self.kernel.owned_netns):
-                self._log(await self._k(self.kernel.remove_router, names.router_netns(self.node, vni)))
+                self._log(await self._remove_router(names.router_netns(self.node, vni), want))
         elif kind == "pod":
             await self._reconcile_pod(ident, want)
+        elif kind == "guard":
+            await self._reconcile_guard(ident, want)
+
+    async def _reconcile_guard(self, netns: str, want: desired.HostWiring) -> None:
+        """The nftables of one namespace changed: read back, repaired."""
+        if not netns:
+            if want.routers:
+                self._log(await self._k(self.kernel.ensure_host, want.host_sets()))
+            return
+        router = next((r for r in want.routers.values() if r.netns == netns), None)
+        if router is not None and netns in await self._k(self.kernel.owned_netns):
+            self._log(await self._k(self.kernel.ensure_router_guard, router))
+
+    async def _remove_router(self, netns: str, want: desired.HostWiring) -> list[str]:
+        changes = await self._k(self.kernel.remove_router, netns, want.host_sets())
+        if not want.routers:
+            # The host's own table lives while the host has routers.
+            changes += await self._k(self.kernel.remove_host)
+        return changes
 
     async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> None:
         wiring = want.pods.get(uid)
@@ -129,7 +209,7 @@ class Agent:
             await self._remove_pod(uid, want)
             return
         router = want.routers[wiring.vni]
-        changes = await self._k(self.kernel.ensure_router_for_pod, router)
+        changes = await self._k(self.kernel.ensure_router_for_pod, router, want.host_sets())
         changes += await self._k(self.kernel.ensure_pod, wiring, router.netns)
         self._log(changes)
         pod = self.pods.get(PODS.key(wiring.tenant, wiring.namespace, wiring.name))
@@ -150,7 +230,7 @@ class Agent:
                 changes += await self._k(self.kernel.remove_pod, uid, router_ns, links[uid], netns, not runtime_netns)
                 vni = int(router_ns.rsplit("-r", 1)[1])
                 if vni not in want.routers:
-                    changes += await self._k(self.kernel.remove_router, router_ns)
+                    changes += await self._remove_router(router_ns, want)
         pod_ns = names.pod_netns(self.node, uid)
         if pod_ns in owned:
             changes += await self._k(self.kernel.remove_orphan_netns, pod_ns)
@@ -158,6 +238,8 @@ class Agent:
         return bool(changes)
 
     async def _full(self, want: desired.HostWiring) -> None:
+        if self.registration is not None:
+            await self.registration.set_host_addresses(await self._k(self.kernel.host_addresses))
         owned = await self._k(self.kernel.owned_netns)
         wanted_pod_ns = {p.netns for p in want.pods.values() if p.agent_owned}
         wanted_router_ns = {r.netns for r in want.routers.values()}
@@ -167,15 +249,18 @@ class Agent:
             if kind == "p" and name not in wanted_pod_ns:
                 changes += await self._k(self.kernel.remove_orphan_netns, name)
             elif kind == "r" and name not in wanted_router_ns:
-                changes += await self._k(self.kernel.remove_router, name)
+                changes += await self._k(self.kernel.remove_router, name, want.host_sets())
         for router in want.routers.values():
             if router.netns in owned:
                 links = await self._k(self.kernel.router_pod_links, router.netns)
                 for uid, ifname in links.items():
                     if uid not in want.pods:
                         changes += await self._k(self.kernel.remove_pod, uid, router.netns, ifname, "", False)
-        # The host's own NAT table lives while the host has routers.
-        changes += await self._k(self.kernel.ensure_host if want.routers else self.kernel.remove_host)
+        # The host's own table lives while the host has routers.
+        if want.routers:
+            changes += await self._k(self.kernel.ensure_host, want.host_sets())
+        else:
+            changes += await self._k(self.kernel.remove_host)
         self._log(changes)
         for vni in want.routers:
             self.reconciler.enqueue(f"router:{vni}")
@@ -248,7 +333,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         want = agent.wanted()
         wiring = want.pods[uid]
         router = want.routers[wiring.vni]
-        changes = await agent._k(agent.kernel.ensure_router_for_pod, router)
+        changes = await agent._k(agent.kernel.ensure_router_for_pod, router, want.host_sets())
         changes += await agent._k(agent.kernel.ensure_pod, wiring, router.netns)
         agent._log(changes)
         await set_network_ready(

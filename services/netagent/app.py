@@ -5,6 +5,7 @@ heartbeat lease."""
 from __future__ import annotations
 
 import argparse
+import logging
 
 from pinet.netagent.v1 import netagent_pb2_grpc
 from pinet.netns import add_host_netns_argument
@@ -12,8 +13,11 @@ from pinet.netns import host_netns as host_netns_name
 from pinet.network.v1 import objects_pb2
 from pinet.nodes import NodeRegistration
 from pinet.runtime.service import BaseApp, Runtime, main_for
+from pinet.services.netagent import isolation
 from pinet.services.netagent.agent import Agent, AgentServicer
 from pinet.services.netagent.kernel import Kernel
+
+log = logging.getLogger(__name__)
 
 
 class NetagentApp(BaseApp):
@@ -30,11 +34,40 @@ class NetagentApp(BaseApp):
         parser.add_argument("--underlay-mtu", type=int, default=1500, help="MTU of the underlay network")
         parser.add_argument("--heartbeat-ttl", type=int, default=5, help="seconds the node stays Ready without us")
         parser.add_argument("--resync-interval", type=float, default=10.0, help="seconds between full repairs")
+        parser.add_argument(
+            "--guard-interval", type=float, default=1.0,
+            help="seconds between checks that nobody changed the isolation rules (each check is one netlink "
+            "call per namespace; a change found is repaired at once)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--protected-cidrs", default="",
+            help="comma-separated IPv4 ranges that no pod may reach, e.g. the control-plane network "
+            "(link-local, transit and router-identity ranges and every host's underlay address always are)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--conntrack-limit", type=int, default=isolation.DEFAULT_CONNTRACK_LIMIT,
+            help="connections tracked at once per pod in its router; new ones beyond are dropped and counted "
+            "(0: no limit)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--unsafe-no-isolation",
+            action="store_true",
+            help="for benchmarks only: no host guard, no anti-spoofing, no connection limit",
+        )
 
     def setup(self, rt: Runtime) -> None:
         host_netns = host_netns_name(rt.args.host_netns)
-        kernel = Kernel(rt.args.node_name, host_netns, rt.args.underlay_ip, rt.args.underlay_mtu)
-        self.agent = Agent(rt.etcd, rt.args.node_name, kernel, rt.args.resync_interval)
+        try:
+            protected = isolation.parse_protected(rt.args.protected_cidrs)
+        except isolation.PolicyError as exc:
+            raise SystemExit(f"netagent: {exc}") from None
+        if rt.args.conntrack_limit < 0:
+            raise SystemExit("netagent: --conntrack-limit: must be 0 (no limit) or more")
+        policy = isolation.Policy(not rt.args.unsafe_no_isolation, protected, rt.args.conntrack_limit)
+        if not policy.enabled:
+            log.warning("--unsafe-no-isolation: tenants can reach this host, each other's VXLAN and spoof addresses")
+        kernel = Kernel(rt.args.node_name, host_netns, rt.args.underlay_ip, rt.args.underlay_mtu, policy)
+        self.agent = Agent(rt.etcd, rt.args.node_name, kernel, rt.args.resync_interval, rt.args.guard_interval)
         rt.add_servicer(
             "pinet.netagent.v1.AgentService",
             netagent_pb2_grpc.add_AgentServiceServicer_to_server,
@@ -44,9 +77,13 @@ class NetagentApp(BaseApp):
     async def start(self, rt: Runtime) -> None:
         assert self.agent is not None
         await rt.etcd.wait_ready(timeout=60)
-        node = objects_pb2.Node(name=rt.args.node_name, underlay_ip=rt.args.underlay_ip, agent_address=rt.args.listen)
+        node = objects_pb2.Node(
+            name=rt.args.node_name, underlay_ip=rt.args.underlay_ip, agent_address=rt.args.listen,
+            host_addresses=await self.agent.host_addresses(),
+        )  # fmt: skip
         self.registration = NodeRegistration(rt.etcd, node, ttl=rt.args.heartbeat_ttl)
         await self.registration.start()
+        self.agent.registration = self.registration
         await self.agent.start()
         rt.spawn(self.agent.run(), "netagent")
 

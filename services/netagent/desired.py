@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pinet.network.v1 import objects_pb2
-from pinet.services.netagent import names
+from pinet.services.netagent import isolation, names
 
 # Pods the container runtime gives a namespace to (through CNI) carry this
 # annotation; the agent then waits for Attach instead of making one.
@@ -64,6 +64,9 @@ class RouterWiring:
     # address, reached over the VXLAN: the lb source-NATs traffic from outside
     # to that address when it sends it to a pod on another host.
     peer_routers: frozenset[Peer] = field(default_factory=frozenset)
+    # The local pods' ports on the bridge, each allowed only its own MAC
+    # and address (isolation.py).
+    ports: frozenset[isolation.Port] = field(default_factory=frozenset)
 
     @property
     def prefix_len(self) -> int:
@@ -74,6 +77,13 @@ class RouterWiring:
 class HostWiring:
     routers: dict[int, RouterWiring]
     pods: dict[str, PodWiring]
+    hosts: frozenset[str] = frozenset()  # every node's underlay and other addresses
+
+    def host_sets(self) -> isolation.HostSets:
+        """The host's guard elements: every host's address, and the (host,
+        VNI) pairs VXLAN is accepted from."""
+        peers = frozenset((vtep, r.vni) for r in self.routers.values() for vtep in r.vteps)
+        return isolation.HostSets(self.hosts, peers)
 
 
 def compute(
@@ -82,9 +92,11 @@ def compute(
     tenants: Mapping[str, objects_pb2.Tenant],
     underlay: Mapping[str, str],
     attached: Mapping[str, str],
+    host_addresses: Iterable[str] = (),
 ) -> HostWiring:
     """node: this host. underlay: node -> underlay IP of every node.
-    attached: pod uid -> namespace path that a runtime gave through Attach."""
+    attached: pod uid -> namespace path that a runtime gave through Attach.
+    host_addresses: the other addresses of every host."""
     local: dict[str, PodWiring] = {}
     remote: dict[str, list[objects_pb2.Pod]] = {}
     for pod in pods:
@@ -118,6 +130,9 @@ def compute(
             host_ifname=names.pod_host_ifname(pod.metadata.uid),
         )
     routers: dict[int, RouterWiring] = {}
+    ports: dict[int, set[isolation.Port]] = {}
+    for pw in local.values():
+        ports.setdefault(pw.vni, set()).add((pw.host_ifname, pw.mac, pw.ip))
     for pw in local.values():
         if pw.vni in routers:
             continue
@@ -143,8 +158,9 @@ def compute(
             vteps=frozenset(p.vtep for p in peers),
             peers=peers,
             peer_routers=peer_routers,
+            ports=frozenset(ports[net.vni]),
         )
-    return HostWiring(routers, local)
+    return HostWiring(routers, local, frozenset(underlay.values()) | frozenset(host_addresses))
 
 
 def _peer(pod: objects_pb2.Pod, underlay: Mapping[str, str]) -> Peer | None:

@@ -1,5 +1,6 @@
 """The agent's hands: namespaces, links, addresses, routes, FDB and
-neighbour entries through pyroute2, and nftables rule sets through `nft`.
+neighbour entries through pyroute2, and the isolation's nftables tables
+through the firewall (firewall.py).
 
 Every method is idempotent and reads the kernel before it changes anything,
 so calling it on healthy wiring changes nothing; each returns a list of what
@@ -9,11 +10,9 @@ it changed. Calls are synchronous and run on one worker thread.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,23 @@ from pinet.netns import (
     list_netns,
     open_netlink,
     remove_netns,
-    run,
+    write_sysctl,
 )
-from pinet.services.netagent import names
+from pinet.services.netagent import isolation, names
 from pinet.services.netagent.desired import PodWiring, RouterWiring
+from pinet.services.netagent.firewall import Firewall
 
 log = logging.getLogger(__name__)
 
+# Forwarding on; bridged IPv4 through netfilter, so the guard and the load
+# balancer see pod-to-pod traffic on one bridge too; no IPv6 autoconfiguration
+# (pods cannot send IPv6 onto the bridge anyway).
+ROUTER_SYSCTLS = (
+    ("net.ipv4.ip_forward", "1"),
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.ipv6.conf.all.accept_ra", "0"),
+    ("net.ipv6.conf.default.accept_ra", "0"),
+)
 NUD_PERMANENT = 0x80
 AF_BRIDGE = 7
 NETNS_ETC = Path("/etc/netns")
@@ -62,65 +71,17 @@ def _hairpin(link: Any) -> bool:
     return bool(data is not None and data.get_attr("IFLA_BRPORT_MODE"))
 
 
-def router_ruleset(r: RouterWiring) -> tuple[str, str]:
-    """The router's own firewall: egress NAT, nothing new from outside.
-    Returns (digest, nft script); the script replaces only pinet's tables."""
-    platform = f"{r.gateway}-{_nth(r.cidr, 9)}"
-    body = f"""
-table ip pinet {{
-  comment "DIGEST"
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "{names.ROUTER_UPLINK}" ip saddr {r.cidr} masquerade
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname "{names.ROUTER_UPLINK}" ct state established,related accept
-    iifname "{names.ROUTER_UPLINK}" ct status dnat accept
-    iifname "{names.ROUTER_UPLINK}" drop
-  }}
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname "{names.ROUTER_UPLINK}" ct state established,related accept
-    iifname "{names.ROUTER_UPLINK}" drop
-  }}
-}}
-table bridge pinet {{
-  comment "DIGEST"
-  chain input {{
-    type filter hook input priority filter; policy accept;
-    iifname "{names.ROUTER_VXLAN}" arp operation request arp daddr ip {platform} drop
-  }}
-}}
-"""
-    digest = "pinet-" + hashlib.sha256(body.encode()).hexdigest()[:16]
-    # Declaring then deleting makes the replacement work whether or not the
-    # tables exist; all of it is one atomic nft transaction.
-    reset = "table ip pinet\ndelete table ip pinet\ntable bridge pinet\ndelete table bridge pinet\n"
-    return digest, reset + body.replace("DIGEST", digest)
-
-
-def host_ruleset() -> str:
-    return f"""
-table ip pinet-host {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {names.TRANSIT_NET} oifname != "pr*" masquerade
-  }}
-}}
-"""
-
-
-def _nth(cidr: str, n: int) -> str:
-    return str(ipaddress.IPv4Network(cidr).network_address + n)
-
-
 class Kernel:
-    def __init__(self, node: str, host_netns: str, underlay_ip: str, underlay_mtu: int = 1500) -> None:
+    def __init__(
+        self, node: str, host_netns: str, underlay_ip: str, underlay_mtu: int = 1500,
+        policy: isolation.Policy | None = None,
+    ) -> None:  # fmt: skip
         self.node = node
         self.host_netns = host_netns
         self.underlay_ip = underlay_ip
         self.mtu = names.pod_mtu(underlay_mtu)
+        self.policy = policy or isolation.Policy()
+        self.firewall = Firewall(host_netns)
         self._sockets: dict[str, Any] = {}
         self._router_checked: dict[str, tuple[int, str, str]] = {}
         self._host_ready = False
@@ -147,12 +108,7 @@ class Kernel:
     def close(self) -> None:
         for name in list(self._sockets):
             self._drop(name)
-
-    def _exec(self, netns: str, *args: str, stdin: str | None = None) -> None:
-        """Run a command inside netns ("" = the host namespace)."""
-        target = netns or self.host_netns
-        prefix = ["ip", "netns", "exec", target] if target else []
-        run([*prefix, *args], stdin)
+        self.firewall.close()
 
     # ------------------------------------------------------------ reading
 
@@ -165,43 +121,57 @@ class Kernel:
 
     # ------------------------------------------------------------- host
 
-    def ensure_host(self) -> list[str]:
-        changes: list[str] = []
-        self._exec("", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        if not self._has_table("", "ip", "pinet-host"):
-            self._exec("", "nft", "-f", "-", stdin=host_ruleset())
-            changes.append("host: nat table")
+    def ensure_host(self, hosts: isolation.HostSets) -> list[str]:
+        """The host's NAT and guard: before any router (and so any VXLAN
+        socket) exists, and kept while one does."""
+        write_sysctl(self.host_netns, "net.ipv4.ip_forward", "1")
+        want = isolation.host_elements(hosts) if self.policy.enabled else {}
+        changes = self.firewall.ensure("", isolation.host_base(self.policy), want)
         self._host_ready = True
         return changes
 
+    def host_addresses(self) -> list[str]:
+        """The host's IPv4 addresses that other hosts must fence too (what
+        pinet itself puts there, and loopback and link-local, are fenced by
+        every host anyway)."""
+        fenced = (ipaddress.IPv4Network("127.0.0.0/8"), *isolation.ALWAYS_PROTECTED)
+        found = set()
+        for msg in self._ns("").get_addr(family=2):
+            address = ipaddress.IPv4Address(_attr(msg, "IFA_ADDRESS"))
+            if not any(address in net for net in fenced):
+                found.add(str(address))
+        return sorted(found)
+
     def remove_host(self) -> list[str]:
         self._host_ready = False
-        if not self._has_table("", "ip", "pinet-host"):
-            return []
-        self._exec("", "nft", "delete", "table", "ip", "pinet-host")
-        return ["host: nat table removed (no routers)"]
+        return self.firewall.remove("", (isolation.HOST_TABLE,))
 
-    def _has_table(self, netns: str, family: str, table: str, marker: str = "") -> bool:
-        target = netns or self.host_netns
-        prefix = ["ip", "netns", "exec", target] if target else []
-        out = subprocess.run(
-            [*prefix, "nft", "list", "table", family, table], capture_output=True, text=True, check=False, timeout=30
-        )
-        return out.returncode == 0 and (not marker or marker in out.stdout)
+    def sync_peers(self, vni: int, vteps: frozenset[str], hosts: isolation.HostSets) -> list[str]:
+        """The hosts VXLAN of vni is accepted from: this VNI's elements only."""
+        if not self.policy.enabled:
+            return []
+        path = f"{isolation.HOST_TABLE} vxlan-peers"
+        have = {e for e in self.firewall.elements("", path) if e[1] == str(vni)}  # a copy: update changes the view
+        want: set[tuple[str, ...]] = {(vtep, str(vni)) for vtep in vteps}
+        if want == have:
+            return []
+        if not self.firewall.update("", {path: want - have}, {path: have - want}):
+            return self.ensure_host(hosts)
+        return [f"host: VXLAN {vni} from {sorted(vteps) or 'nobody'}"]
 
     # ----------------------------------------------------------- routers
 
-    def ensure_router_for_pod(self, r: RouterWiring) -> list[str]:
+    def ensure_router_for_pod(self, r: RouterWiring, hosts: isolation.HostSets) -> list[str]:
         """The pod path: a router verified moments ago by this agent is taken
         as it is (the router's own reconcile and the periodic full pass keep
         verifying it); otherwise it is verified now."""
         checked = self._router_checked.get(r.netns)
         if checked is not None and checked == (r.vni, r.cidr, r.gateway) and r.netns in list_netns():
             return []
-        return self.ensure_router(r)
+        return self.ensure_router(r, hosts)
 
-    def ensure_router(self, r: RouterWiring) -> list[str]:
-        changes: list[str] = [] if self._host_ready else self.ensure_host()
+    def ensure_router(self, r: RouterWiring, hosts: isolation.HostSets) -> list[str]:
+        changes: list[str] = [] if self._host_ready else self.ensure_host(hosts)
         if r.netns not in list_netns():
             create_netns(r.netns)
             changes.append(f"{r.netns}: created")
@@ -210,19 +180,31 @@ class Kernel:
         lo = self._link(ns, "lo")
         if lo is not None and not lo["flags"] & 1:
             ns.link("set", index=lo["index"], state="up")
-        self._exec(r.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for name, value in ROUTER_SYSCTLS:
+            write_sysctl(r.netns, name, value)
+        # The guard first: the router's ports and VXLAN pass nothing unfenced.
+        changes += self.ensure_router_guard(r)
+        changes += self.sync_peers(r.vni, r.vteps, hosts)
         changes += self._ensure_bridge(ns, r)
         changes += self._ensure_uplink(ns, r)
         changes += self._ensure_vxlan(ns, r)
-        digest, script = router_ruleset(r)
-        if not self._has_table(r.netns, "ip", "pinet", digest) or not self._has_table(
-            r.netns, "bridge", "pinet", digest
-        ):
-            self._exec(r.netns, "nft", "-f", "-", stdin=script)
-            changes.append(f"{r.netns}: rule set")
         changes += self.sync_forwarding(r)
         self._router_checked[r.netns] = (r.vni, r.cidr, r.gateway)
         return changes
+
+    def refresh_counters(self) -> dict[str, dict[str, int]]:
+        """The guard's drop counters, per namespace key ("" = the host)."""
+        if self.policy.enabled:
+            for key in self.firewall.namespaces():
+                tables = (isolation.HOST_TABLE,) if not key else (isolation.ROUTER_TABLE, isolation.BRIDGE_TABLE)
+                with contextlib.suppress(KernelError):
+                    self.firewall.refresh_counters(key, tables)
+        return self.firewall.counters()
+
+    def ensure_router_guard(self, r: RouterWiring) -> list[str]:
+        base = isolation.router_base(r.cidr, r.gateway, r.dns_ip, self.policy)
+        want = isolation.router_elements(isolation.RouterSets(r.ports)) if self.policy.enabled else {}
+        return self.firewall.ensure(r.netns, base, want)
 
     def _ensure_bridge(self, ns: Any, r: RouterWiring) -> list[str]:
         changes: list[str] = []
@@ -346,9 +328,11 @@ class Kernel:
             changes.append(f"{r.netns}: route -{ip}")
         return changes
 
-    def remove_router(self, netns: str) -> list[str]:
+    def remove_router(self, netns: str, hosts: isolation.HostSets) -> list[str]:
         self._router_checked.pop(netns, None)
+        self.firewall.forget(netns)
         vni = int(netns.rsplit("-r", 1)[1])
+        changes = self.sync_peers(vni, frozenset(), hosts) if self._host_ready else []
         host = self._ns("")
         for ifname in (names.uplink_host_ifname(vni), names.vxlan_staging_ifname(vni)):
             link = self._link(host, ifname)
@@ -357,7 +341,7 @@ class Kernel:
         self._drop(netns)
         if netns in list_netns():
             remove_netns(netns)
-        return [f"{netns}: removed"]
+        return [*changes, f"{netns}: removed"]
 
     def router_pod_links(self, netns: str) -> dict[str, str]:
         """pod uid (the link's alias) -> router-side link name."""
@@ -383,6 +367,7 @@ class Kernel:
             changes.append(f"{pod_ns_name}: created")
         elif not (NETNS_RUN / pod_ns_name).exists():
             raise KernelError(f"namespace {p.netns} does not exist")
+        changes += self._guard_port(p, router_netns)
         router = self._ns(router_netns)
         with open_netlink(pod_ns_name) as pod:
             lo = self._link(pod, "lo")
@@ -427,9 +412,30 @@ class Kernel:
             if p.service_cidr and not _has_route(routes, p.service_cidr, p.gateway):
                 pod.route("replace", dst=p.service_cidr, gateway=p.gateway)
                 changes.append(f"{p.name}: route to services via {p.gateway}")
+        # Router advertisements cannot cross the bridge; and none are taken.
+        write_sysctl(pod_ns_name, "net.ipv6.conf.eth0.accept_ra", "0")
         if p.agent_owned:
             changes += self._write_resolv_conf(pod_ns_name, p)
         return changes
+
+    def _guard_port(self, p: PodWiring, router_netns: str) -> list[str]:
+        """The pod's port passes its own MAC and address only: allowed
+        before the port exists, so that its first frame is not dropped."""
+        if not self.policy.enabled:
+            return []
+        port = (p.host_ifname, p.mac, p.ip)
+        want = isolation.router_elements(isolation.RouterSets(frozenset([port])))
+        if all(items <= self.firewall.elements(router_netns, path) for path, items in want.items()):
+            return []
+        # Whatever else this port was allowed (an address the pod had before).
+        stale = {
+            path: {e for e in self.firewall.elements(router_netns, path) if e[0] == p.host_ifname} - items
+            for path, items in want.items()
+        }
+        if not self.firewall.update(router_netns, want, stale):
+            self._router_checked.pop(router_netns, None)
+            raise KernelError(f"the guard of {router_netns} is not synced yet")
+        return [f"{p.name}: port guard"]
 
     def _write_resolv_conf(self, pod_ns_name: str, p: PodWiring) -> list[str]:
         path = NETNS_ETC / pod_ns_name / "resolv.conf"
@@ -451,6 +457,10 @@ class Kernel:
         outer = self._link(router, p.host_ifname)
         if outer is None or _attr(outer, "IFLA_IFALIAS") != p.uid:
             problems.append(f"router side {p.host_ifname} is missing")
+        if self.policy.enabled:
+            ports = self.firewall.read_set(router_netns, f"{isolation.BRIDGE_TABLE} ports")
+            if (p.host_ifname, p.mac, p.ip) not in ports:
+                problems.append(f"the bridge does not pass {p.ip} from {p.host_ifname} (port guard missing)")
         with open_netlink(pod_ns_name) as pod:
             inner = self._link(pod, "eth0")
             if inner is None:
@@ -475,6 +485,12 @@ class Kernel:
             if link is not None and _attr(link, "IFLA_IFALIAS") in (uid, None):
                 router.link("del", index=link["index"])
                 changes.append(f"{uid[:8]}: veth removed")
+            # The port's allowance goes with it (a stale one is also removed
+            # by the router's next sync, from what the kernel holds).
+            paths = isolation.router_elements(isolation.RouterSets())
+            stale = {p: {e for e in self.firewall.elements(router_netns, p) if e[0] == host_ifname} for p in paths}
+            if any(stale.values()):
+                self.firewall.update(router_netns, {}, stale)
         name = netns.removeprefix(str(NETNS_RUN) + "/")
         if agent_owned:
             if name in list_netns():
