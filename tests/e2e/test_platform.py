@@ -187,7 +187,12 @@ async def test_two_tenants_walk_through_and_leave_nothing(stack: Stack, tmp_path
     await eventually(
         nothing_left, lambda: f"the hosts hold nothing of the walkthrough; still there:\n{host_clean()}", timeout=30
     )
-    assert not subprocess.run(["pgrep", "-f", "pinet web"], capture_output=True, check=False).stdout
+
+    def no_web_server() -> bool:
+        # `pinet web` notices its namespace gone within a second, then stops nginx.
+        return not subprocess.run(["pgrep", "-f", "pinet web"], capture_output=True, check=False).stdout
+
+    await eventually(no_web_server, "the pods' web servers stop with their namespaces", timeout=10)
 
 
 @pytest.mark.slow

@@ -46,6 +46,12 @@ def test_bench_etcd_prints_the_reference() -> None:
         pytest.param("bench.lb", ("--sizes", "10"), "targets at 10 services", marks=pytest.mark.netns),
         pytest.param("bench.netagent", ("--pods", "3"), "with 3 pods wired", marks=pytest.mark.netns),
         pytest.param("bench.e2e", ("--services", "3"), "from calling CreateService", marks=pytest.mark.netns),
+        pytest.param(
+            "bench.isolation",
+            ("--rounds", "2", "--connects", "20", "--seconds", "0.2", "--attaches", "2"),
+            "attach p99 (ms)",
+            marks=pytest.mark.netns,
+        ),
     ],
 )
 def test_bench_runs(module: str, args: tuple[str, ...], last_figure: str) -> None:

@@ -31,6 +31,8 @@ class Cloud:
     etcd_endpoint: str
     tenants: dict[str, Tenant] = field(default_factory=dict)
     lbs: dict[str, ServiceProcess] = field(default_factory=dict)
+    agent_args: list[str] = field(default_factory=list)
+    dns: ServiceProcess | None = None
 
     async def tenant(self, name: str) -> Tenant:
         if name not in self.tenants:
@@ -46,7 +48,8 @@ class Cloud:
         proc = await ServiceProcess(
             "netagent", self.etcd_endpoint,
             ["--node-name", node, "--host-netns", node, "--underlay-ip", self.hosts.underlay_ip(n),
-             "--heartbeat-ttl", "3", "--resync-interval", "2"],
+             "--heartbeat-ttl", "3", "--resync-interval", "2", *self.agent_args],
+            metrics=True,
         ).start()  # fmt: skip
         self.agents[node] = proc
         return proc
@@ -86,12 +89,21 @@ class Cloud:
 
 @contextlib.asynccontextmanager
 async def running_cloud(
-    etcd_endpoint: str, state: Path, hosts_count: int = 3, floating: str = "", lb_args: list[str] | None = None
+    etcd_endpoint: str,
+    state: Path,
+    hosts_count: int = 3,
+    floating: str = "",
+    lb_args: list[str] | None = None,
+    agent_args: list[str] | None = None,
+    dns: bool = False,
 ) -> AsyncIterator[Cloud]:
-    """lb_args: start an lb on every host with these extra arguments."""
+    """lb_args: start an lb on every host with these extra arguments;
+    agent_args: extra arguments for every netagent; dns: a dns process
+    answering in every tenant router."""
     hosts = await asyncio.to_thread(SimulatedHosts(uuid.uuid4().hex[:5], hosts_count).setup)
     procs: list[ServiceProcess] = []
     channel: grpc.aio.Channel | None = None
+    cloud: Cloud | None = None
     try:
         ipam = await ServiceProcess(
             "ipam", etcd_endpoint, ["--floating-ranges", floating, "--gc-interval", "0"]
@@ -103,7 +115,12 @@ async def running_cloud(
         procs.append(network)
         channel = grpc.aio.insecure_channel(network.address)
         cloud = Cloud(hosts, {}, network, ipam, (state / "admin-token").read_text().strip(), channel,
-                      etcd_endpoint)  # fmt: skip
+                      etcd_endpoint, agent_args=list(agent_args or []))  # fmt: skip
+        if dns:
+            cloud.dns = await ServiceProcess(
+                "dns", etcd_endpoint, ["--hosts", ",".join(hosts.hosts), "--dns-listen", ""]
+            ).start()
+            procs.append(cloud.dns)
         for n in range(1, hosts_count + 1):
             await cloud.start_agent(n)
             if lb_args is not None:
@@ -116,9 +133,10 @@ async def running_cloud(
                 for pod in (await t.call("ListPods", network_pb2.ListPodsRequest())).pods:
                     await t.call("DeletePod", network_pb2.ObjectRef(name=pod.metadata.name))
             await asyncio.sleep(1)  # the agents unwire what they wired
-        procs += cloud.lbs.values()
-        procs += cloud.agents.values()
     finally:
+        if cloud is not None:
+            # Also when the test's own set-up failed: no agent outlives its lab.
+            procs += [*cloud.lbs.values(), *cloud.agents.values()]
         if channel is not None:
             await channel.close(None)
         for proc in reversed(procs):

@@ -18,12 +18,16 @@ LOG_DIR = Path(tempfile.gettempdir()) / "pinet-test-logs"
 
 
 class ServiceProcess:
-    def __init__(self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
+        metrics: bool = False,
+    ) -> None:  # fmt: skip
         self.service = service
         self.etcd = etcd
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.args = list(args)
+        self.metrics = f"127.0.0.1:{free_port()}" if metrics else ""
+        self.args = [*args, *(["--metrics", self.metrics] if metrics else [])]
         self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
         # Logs stay after the test for whoever debugs it.
