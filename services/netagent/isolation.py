@@ -155,7 +155,7 @@ def host_base(policy: Policy) -> Base:
     return _base((t,), body, t)
 
 
-def router_base(cidr: str, gateway: str, dns_ip: str, policy: Policy, uplink: str = names.ROUTER_UPLINK) -> Base:
+def router_base(cidr: str, gateway: str, policy: Policy, uplink: str = names.ROUTER_UPLINK) -> Base:
     t, b = ROUTER_TABLE, BRIDGE_TABLE
     bridge, vxlan = names.ROUTER_BRIDGE, names.ROUTER_VXLAN
     special = f"{{ {names.TRANSIT_NET}, {names.ROUTER_IDENTITY_NET} }}"
@@ -170,10 +170,12 @@ def router_base(cidr: str, gateway: str, dns_ip: str, policy: Policy, uplink: st
         f'add rule {t} input iifname "{uplink}" ct state established,related accept',
         f'add rule {t} input iifname "{uplink}" drop',
     ]
+    platform = f"{gateway}-{ipaddress.IPv4Network(cidr).network_address + names.PLATFORM_RESERVED}"
     ports = [
-        # Each host's pods use their own router: its addresses are not
-        # answered for across the VXLAN.
-        f'add rule {b} from-ports iifname "{vxlan}" arp operation request arp daddr ip {{ {gateway}, {dns_ip} }} drop',
+        # Each host's pods use their own router: the platform's addresses
+        # (gateway, DNS and the reserved ones) are not answered for across
+        # the VXLAN.
+        f'add rule {b} from-ports iifname "{vxlan}" arp operation request arp daddr ip {platform} drop',
     ]
     counters = []
     if policy.enabled:

@@ -202,7 +202,7 @@ class Kernel:
         return self.firewall.counters()
 
     def ensure_router_guard(self, r: RouterWiring) -> list[str]:
-        base = isolation.router_base(r.cidr, r.gateway, r.dns_ip, self.policy)
+        base = isolation.router_base(r.cidr, r.gateway, self.policy)
         want = isolation.router_elements(isolation.RouterSets(r.ports)) if self.policy.enabled else {}
         return self.firewall.ensure(r.netns, base, want)
 

@@ -18,6 +18,9 @@ FIRST_VNI = 4096
 ROUTER_BRIDGE = "br0"
 ROUTER_VXLAN = "vx0"
 ROUTER_UPLINK = "up0"
+# Addresses 1 to 9 of a tenant network are the platform's (gateway, DNS, spares;
+# the ipam's PLATFORM_RESERVED_COUNT).
+PLATFORM_RESERVED = 9
 
 
 def netns_prefix(node: str) -> str:

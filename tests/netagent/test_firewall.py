@@ -13,7 +13,7 @@ import pytest
 from pinet.services.netagent import isolation
 from pinet.services.netagent.firewall import Firewall
 
-ROUTER = ("10.244.0.0/16", "10.244.0.1", "10.244.0.2")
+ROUTER = ("10.244.0.0/16", "10.244.0.1")
 PORT = ("pv0123456789ab", "02:70:0a:f4:00:0a", "10.244.0.10")
 OTHER = ("pv0123456789cd", "02:70:0a:f4:00:0b", "10.244.0.11")
 

@@ -32,17 +32,17 @@ def test_the_base_digest_follows_what_the_rules_say() -> None:
     a = isolation.host_base(isolation.Policy())
     assert a == isolation.host_base(isolation.Policy())
     assert a.marker != isolation.host_base(isolation.Policy(protected=("10.0.0.0/8",))).marker
-    r = isolation.router_base("10.244.0.0/16", "10.244.0.1", "10.244.0.2", isolation.Policy())
+    r = isolation.router_base("10.244.0.0/16", "10.244.0.1", isolation.Policy())
     assert r.tables == (isolation.ROUTER_TABLE, isolation.BRIDGE_TABLE)
     assert r.script.endswith(f"add chain {isolation.ROUTER_TABLE} {r.marker}\n")
-    limited = isolation.router_base("10.244.0.0/16", "10.244.0.1", "10.244.0.2", isolation.Policy(conntrack_limit=9))
+    limited = isolation.router_base("10.244.0.0/16", "10.244.0.1", isolation.Policy(conntrack_limit=9))
     assert "ct count over 9" in limited.script and limited.marker != r.marker
 
 
 def test_switched_off_the_fences_go_and_the_nat_stays() -> None:
     host = isolation.host_base(isolation.Policy(enabled=False)).script
     assert "masquerade" in host and "vxlan-peers" not in host and "from-routers" not in host
-    router = isolation.router_base("10.244.0.0/16", "10.244.0.1", "10.244.0.2", isolation.Policy(enabled=False))
+    router = isolation.router_base("10.244.0.0/16", "10.244.0.1", isolation.Policy(enabled=False))
     assert "masquerade" in router.script and "@ports" not in router.script and "ct count" not in router.script
 
 
