@@ -16,13 +16,25 @@ from pathlib import Path
 
 from pinet.devstack.etcd import EtcdServer, free_port
 from pinet.etcd.client import Etcd, key_missing, op_put
+from pinet.pki import authority
+from pinet.pki.identity import Identity, cluster_identities
 from pinet.runtime.probe import wait_serving
+from pinet.runtime.tls import Tls, TlsFiles
+
+BENCH_NODE = "bench-node"
 
 
 @contextlib.contextmanager
-def throwaway_etcd() -> Iterator[EtcdServer]:
+def throwaway_etcd(secure: bool = False) -> Iterator[EtcdServer]:
+    """A fresh etcd: plaintext, or with secure as the platform runs it (TLS,
+    client certificates; await server.grant_roles([BENCH_NODE]) next), its
+    PKI in server.pki."""
     with tempfile.TemporaryDirectory(prefix="pinet-bench-") as tmp:
-        server = EtcdServer(Path(tmp) / "etcd")
+        pki = None
+        if secure:
+            pki = Path(tmp) / "pki"
+            authority.ensure(pki, cluster_identities([BENCH_NODE]))
+        server = EtcdServer(Path(tmp) / "etcd", pki=pki)
         server.start()
         try:
             yield server
@@ -30,14 +42,21 @@ def throwaway_etcd() -> Iterator[EtcdServer]:
             server.stop()
 
 
-async def start_service(module: str, endpoint: str, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
-    """A pinet service as a child process on a free port, once it is SERVING."""
+async def start_service(
+    module: str, endpoint: str, *extra: str, pki: Path | None = None
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A pinet service as a child process on a free port, once it is
+    SERVING: with its certificate from pki, or plaintext (--insecure)."""
     address = f"127.0.0.1:{free_port()}"
+    tls = ["--tls-dir", str(pki), "--node-name", BENCH_NODE] if pki is not None else ["--insecure"]
+    if module == "netagent" and "--cni-socket" not in extra:
+        tls += ["--cni-socket", ""]  # the benchmarks attach over gRPC, and may run two agents
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", f"pinet.services.{module}", "--etcd", endpoint, "--listen", address,
-        "--log-level", "warning", *extra,
+        "--log-level", "warning", *tls, *extra,
     )  # fmt: skip
-    await wait_serving(address, 60)
+    probe = None if pki is None else Tls(TlsFiles.in_directory(pki, Identity("monitor")), Identity("monitor"))
+    await wait_serving(address, 60, tls=probe, peer=Identity.for_service(module, BENCH_NODE))
     return proc, address
 
 

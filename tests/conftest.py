@@ -12,6 +12,7 @@ import pytest
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import netns_names, sh
 from pinet.etcd.client import Etcd
+from tests.helpers import tls
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,10 +27,19 @@ def no_leftover_namespaces() -> Iterator[None]:
     assert not left, f"tests left these namespaces behind: {left}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_pki() -> Iterator[None]:
+    """The run's CA and certificates (tests/helpers/tls.py), removed after."""
+    tls.pki()
+    yield
+    tls.remove()
+
+
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data")
-    server.start()
+    """etcd as the platform runs it: TLS, client certificates, a role per
+    service identity (granted as each service starts)."""
+    server = tls.start_etcd(EtcdServer(tmp_path_factory.mktemp("etcd") / "data", pki=tls.pki()))
     yield server
     server.stop()
 
@@ -40,8 +50,7 @@ def make_etcd_server(tmp_path: Path) -> Iterator[Callable[[], EtcdServer]]:
     servers: list[EtcdServer] = []
 
     def make() -> EtcdServer:
-        server = EtcdServer(tmp_path / f"etcd{len(servers)}")
-        server.start()
+        server = tls.start_etcd(EtcdServer(tmp_path / f"etcd{len(servers)}", pki=tls.pki()))
         servers.append(server)
         return server
 
@@ -52,7 +61,7 @@ def make_etcd_server(tmp_path: Path) -> Iterator[Callable[[], EtcdServer]]:
 
 @pytest.fixture
 async def etcd(etcd_server: EtcdServer) -> AsyncIterator[Etcd]:
-    client = await Etcd(etcd_server.endpoint).connect()
+    client: Etcd = await etcd_server.client().connect()
     yield client
     await client.close()
 

@@ -3,7 +3,9 @@ container's network namespace.
 
 Network configuration (stdin):
     {"cniVersion": "1.0.0", "name": "pinet", "type": "pinet-cni",
-     "agent": "127.0.0.1:7711", "tenant": "default"}
+     "socket": "/run/pinet/netagent.sock", "tenant": "default"}
+The agent takes CNI calls only on its Unix socket, which only root can open;
+that is what makes the caller this node's container runtime.
 The pod is named by CNI_ARGS (K8S_POD_NAMESPACE, K8S_POD_NAME, optionally
 PINET_TENANT); it must exist in pinet (created through the network API with
 the annotation pinet.io/netns: runtime) and be scheduled on this node.
@@ -17,6 +19,7 @@ import sys
 from typing import Any, NoReturn
 
 SUPPORTED = ["0.4.0", "1.0.0"]
+DEFAULT_SOCKET = "/run/pinet/netagent.sock"
 
 # Error codes from the CNI specification.
 INCOMPATIBLE_VERSION = 1
@@ -58,9 +61,15 @@ def read_config(raw: str) -> dict[str, Any]:
     for key in ("name", "type"):
         if not isinstance(config.get(key), str) or not config[key]:
             raise CniError(INVALID_CONFIG, f"network configuration: {key} is required")
-    agent = config.get("agent", "127.0.0.1:7711")
-    if not isinstance(agent, str) or ":" not in agent:
-        raise CniError(INVALID_CONFIG, "network configuration: agent must be host:port")
+    if "agent" in config:
+        raise CniError(
+            INVALID_CONFIG,
+            "network configuration: 'agent' (a TCP address) is no longer taken: the agent takes CNI calls only "
+            f"on its Unix socket; give 'socket' (default {DEFAULT_SOCKET})",
+        )
+    socket_path = config.get("socket", DEFAULT_SOCKET)
+    if not isinstance(socket_path, str) or not socket_path.startswith("/"):
+        raise CniError(INVALID_CONFIG, "network configuration: socket must be an absolute path")
     return config
 
 
@@ -106,7 +115,9 @@ def run(command: str, stdin: str) -> dict[str, Any] | None:
     from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 
     ref = netagent_pb2.PodRef(tenant=tenant, namespace=namespace, name=name)
-    with grpc.insecure_channel(config.get("agent", "127.0.0.1:7711")) as channel:
+    socket_path = str(config.get("socket", DEFAULT_SOCKET))
+    channel = grpc.secure_channel(f"unix:{socket_path}", grpc.local_channel_credentials(grpc.LocalConnectionType.UDS))
+    with channel:
         stub = netagent_pb2_grpc.AgentServiceStub(channel)
         try:
             if command == "ADD":

@@ -65,10 +65,52 @@ def find_token(explicit: str) -> str:
     )
 
 
+SYSTEM_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+def find_ca(explicit: str) -> Path | None:
+    """The CA to verify the API with: --ca, PINET_CA, the local stack's
+    .pinet/pki/ca.crt, ~/.config/pinet/ca.crt; None: the system's."""
+    candidates = [explicit, os.environ.get("PINET_CA", "")]
+    if explicit or candidates[1]:
+        chosen = Path(explicit or candidates[1])
+        if not chosen.is_file():
+            fail(f"the CA file {chosen} does not exist")
+        return chosen
+    for candidate in (Path(".pinet/pki/ca.crt"), Path.home() / ".config/pinet/ca.crt"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_loopback(server: str) -> bool:
+    host = server.rpartition(":")[0].strip("[]") or server
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """TLS to the API, verified against the cluster CA (or the system's
+    trust store). Plaintext only with --insecure, and then only to a
+    loopback address: a bearer token never crosses a network in clear."""
+    if args.insecure:
+        if not _is_loopback(args.server):
+            fail(f"--insecure sends your token in clear: only to a loopback address, not {args.server}")
+        return grpc.insecure_channel(args.server)
+    ca = find_ca(args.ca)
+    if ca is not None:
+        roots = ca.read_bytes()
+    else:
+        system = next((Path(p) for p in SYSTEM_TRUST if Path(p).is_file()), None)
+        roots = system.read_bytes() if system is not None else None  # type: ignore[assignment]
+    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+    return grpc.secure_channel(args.server, grpc.ssl_channel_credentials(roots), options=options)
+
+
 class Client:
     def __init__(self, args: argparse.Namespace) -> None:
         self.server = args.server
-        self.channel = grpc.insecure_channel(args.server)
+        self.tls = not args.insecure
+        self.channel = open_channel(args)
         self.api = network_pb2_grpc.NetworkServiceStub(self.channel)
         self.admin = network_pb2_grpc.AdminServiceStub(self.channel)
         metadata = [("authorization", f"Bearer {find_token(args.token)}")]
@@ -84,6 +126,8 @@ class Client:
             code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
             details = exc.details()  # type: ignore[attr-defined]
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and "ipam" not in str(details):
+                if self.tls and ("handshake" in str(details).lower() or "ssl" in str(details).lower()):
+                    fail(f"the TLS handshake with {self.server} failed ({details}); check --ca / PINET_CA")
                 fail(f"cannot reach the pinet API at {self.server} ({details}); is `scripts/up` running?")
             fail(f"Error from server ({REASONS.get(code, code.name)}): {details}")
 
@@ -373,6 +417,7 @@ def cmd_whoami(c: Client, args: argparse.Namespace) -> None:
     net = me.tenant_info.network
     print(f"tenant {me.tenant}{' (admin)' if me.admin else ''}: network {net.cidr}, services {net.service_cidr}, "
           f"gateway {net.gateway}, DNS {net.dns_ip}, VNI {net.vni}")  # fmt: skip
+    print(f"connected to {c.server} over {'TLS, server verified' if c.tls else 'PLAINTEXT (--insecure)'}")
 
 
 def cmd_admin(c: Client, args: argparse.Namespace) -> None:
@@ -397,6 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--as", dest="as_tenant", default=os.environ.get("PINET_TENANT", ""), help="(admin) act as TENANT"
     )
     parser.add_argument("-n", "--namespace", default="", help="namespace (default: default)")
+    parser.add_argument(
+        "--ca", default="", help="CA certificate to verify the API with [env PINET_CA, .pinet/pki/ca.crt, system]"
+    )
+    parser.add_argument("--server-name", default="", help="the name the API's certificate must carry")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext to a loopback API run with --insecure (benchmarks)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("create", help="create a floating IP (create fip) or objects from manifests (-f)")
@@ -475,11 +527,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pi {__version__}")
             return
         if args.command == "status":
-            import asyncio
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-            from pinet.runtime.probe import check
-
-            status = asyncio.run(check(args.server))
+            try:
+                with open_channel(args) as channel:
+                    resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.RpcError:
+                status = "UNREACHABLE"
             print(f"{args.server}: {status}")
             sys.exit(0 if status == "SERVING" else 1)
         if args.command is None:

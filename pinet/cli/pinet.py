@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import sys
 
@@ -13,7 +12,9 @@ USAGE = f"""usage: pinet COMMAND [flags]
 commands:
   {" | ".join(SERVICES)}   run that service (pinet ipam --help for its flags)
   stack                    run etcd and every service locally
-  health ADDRESS [SERVICE] check a gRPC service's health (exit 0 when SERVING)
+  health ADDRESS [SERVICE] check a gRPC service's health over mTLS (exit 0 when SERVING)
+  pki init|issue|rotate|list  the cluster CA and service certificates (.pinet/pki)
+  etcd-roles               give each identity its etcd user and role, turn etcd's auth on
   web POD                  serve a page naming POD on port 80 (run it in the pod: pi exec POD -- pinet web POD)
   version                  print the version
 """
@@ -38,15 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         from pinet.devstack.web import main as web_main
 
         sys.exit(web_main(rest))
-    if command == "health":
-        if not rest:
-            print("usage: pinet health ADDRESS [SERVICE]", file=sys.stderr)
-            sys.exit(2)
-        from pinet.runtime.probe import check
+    if command in ("health", "pki", "etcd-roles"):
+        from pinet.cli import pki
 
-        status = asyncio.run(check(rest[0], rest[1] if len(rest) > 1 else ""))
-        print(f"status: {status}")
-        sys.exit(0 if status == "SERVING" else 1)
+        tools = {"health": pki.health_main, "pki": pki.pki_main, "etcd-roles": pki.etcd_roles_main}
+        sys.exit(tools[command](rest))
     if command == "version":
         from pinet import __version__
 

@@ -37,6 +37,9 @@ class Walkthrough:
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "PINET_API": self.api, "PINET_TOKEN_FILE": str(self.token_file)}
         env.pop("PINET_TOKEN", None)
+        ca = self.token_file.parent / "pki" / "ca.crt"
+        if ca.is_file():
+            env["PINET_CA"] = str(ca)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         return env
 

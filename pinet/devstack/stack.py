@@ -1,9 +1,11 @@
 """`pinet stack`: etcd and every service as supervised child processes.
 
-It starts etcd (data under .pinet/ in the checkout), then each service, waits
-until every one reports SERVING over gRPC health checking, prints where each
-listens, restarts a service that dies, and on Ctrl-C or SIGTERM stops them
-all (services first, etcd last).
+It makes the cluster's PKI on first start (.pinet/pki: the CA, a certificate
+per service identity), starts etcd with TLS, client certificates and a role
+per identity, then each service with its own certificate, waits until every
+one reports SERVING over gRPC health checking, prints where each listens,
+restarts a service that dies, and on Ctrl-C or SIGTERM stops them all
+(services first, etcd last).
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Any
 from pinet.devstack.demo import DemoError, Walkthrough
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import SimulatedHosts
+from pinet.pki import authority
+from pinet.pki.identity import Identity, cluster_identities
 from pinet.runtime.config import EnvArgumentParser
 from pinet.runtime.probe import wait_serving
+from pinet.runtime.tls import Tls, TlsFiles
 
 log = logging.getLogger("pinet.stack")
 
@@ -35,8 +40,14 @@ class ServiceSpec:
     listen: str
     metrics: str
     extra: list[str] = field(default_factory=list)
+    node: str = ""
 
-    def command(self, etcd: str) -> list[str]:
+    @property
+    def identity(self) -> Identity:
+        return Identity.for_service(self.module, self.node)
+
+    def command(self, etcd: str, pki: Path | None = None) -> list[str]:
+        tls = ["--tls-dir", str(pki)] if pki is not None else ["--insecure"]
         return [
             sys.executable,
             "-m",
@@ -47,8 +58,14 @@ class ServiceSpec:
             self.listen,
             "--metrics",
             self.metrics,
+            *tls,
             *self.extra,
         ]
+
+
+def cni_socket(node: str) -> str:
+    """Each simulated host's agent has its own CNI socket."""
+    return f"/run/pinet/{node}.sock"
 
 
 def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int = 0) -> list[ServiceSpec]:
@@ -71,9 +88,13 @@ def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int =
         specs += [
             ServiceSpec(
                 f"netagent-{n}", "netagent", at(7710 + n), at(9710 + n),
-                ["--node-name", node, "--host-netns", node, "--underlay-ip", lab.underlay_ip(n)],
+                ["--node-name", node, "--host-netns", node, "--underlay-ip", lab.underlay_ip(n),
+                 "--cni-socket", cni_socket(node)],
+                node,
             ),
-            ServiceSpec(f"lb-{n}", "lb", at(7720 + n), at(9720 + n), ["--node-name", node, "--host-netns", node]),
+            ServiceSpec(
+                f"lb-{n}", "lb", at(7720 + n), at(9720 + n), ["--node-name", node, "--host-netns", node], node
+            ),
         ]  # fmt: skip
     return specs
 
@@ -81,9 +102,10 @@ def default_services(lab: SimulatedHosts, host: str = "127.0.0.1", offset: int =
 class Supervised:
     """One child service, restarted with backoff when it dies."""
 
-    def __init__(self, spec: ServiceSpec, etcd: str, log_dir: Path) -> None:
+    def __init__(self, spec: ServiceSpec, etcd: str, log_dir: Path, pki: Path | None) -> None:
         self.spec = spec
         self.etcd = etcd
+        self.pki = pki
         self.log_path = log_dir / f"{spec.name}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
@@ -92,7 +114,7 @@ class Supervised:
     async def start(self) -> None:
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - a local append, instant
             self.proc = await asyncio.create_subprocess_exec(
-                *self.spec.command(self.etcd),
+                *self.spec.command(self.etcd, self.pki),
                 stdout=out,
                 stderr=out,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -137,27 +159,42 @@ async def run_stack(args: argparse.Namespace) -> int:
     state: Path = args.state_dir
     log_dir = state / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    etcd = EtcdServer(state / "etcd", args.etcd_port, args.etcd_port + 1, log_dir / "etcd.log", name="pinet-dev")
+    lab = SimulatedHosts(args.lab, 2)
+    nodes = [lab.host(n) for n in range(1, lab.count + 1)]
+    pki: Path | None = None
+    if args.insecure:
+        print("--insecure: plaintext everywhere, no identities, no authorization (for benchmarks)", flush=True)
+    else:
+        pki = state / "pki"
+        issued = await asyncio.to_thread(authority.ensure, pki, cluster_identities(nodes))
+        if issued:
+            print(f"issued certificates in {pki}: {', '.join(str(i) for i in issued)}", flush=True)
+    etcd = EtcdServer(
+        state / "etcd", args.etcd_port, args.etcd_port + 1, log_dir / "etcd.log", name="pinet-dev", pki=pki
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    lab = SimulatedHosts(args.lab, 2)
     print(f"creating the simulated hosts: {', '.join(lab.host(n) for n in (1, 2))} on {lab.underlay}, "
           f"with {lab.internet} outside", flush=True)  # fmt: skip
     await asyncio.to_thread(lab.setup)
     print(f"starting etcd on {etcd.endpoint} (data in {etcd.data_dir})", flush=True)
     try:
         await asyncio.to_thread(etcd.start)
+        await etcd.grant_roles(nodes)
     except BaseException:
+        await asyncio.to_thread(etcd.stop)
         await asyncio.to_thread(lab.teardown)
         raise
     specs = default_services(lab, offset=args.port_offset)
     for spec in specs:
         if spec.module == "network":
             spec.extra += ["--bootstrap-dir", str(state)]
-    children = [Supervised(spec, etcd.endpoint, log_dir) for spec in specs]
+    children = [Supervised(spec, etcd.endpoint, log_dir, pki) for spec in specs]
+    monitor = Identity("monitor")
+    probe_tls = Tls(TlsFiles.in_directory(pki, monitor), monitor) if pki is not None else None
     watchers: list[asyncio.Task[None]] = []
     try:
         for child in children:
@@ -165,7 +202,9 @@ async def run_stack(args: argparse.Namespace) -> int:
         # Supervise from the start: a service that exits while its
         # dependencies come up is restarted like any other.
         watchers = [asyncio.create_task(c.supervise()) for c in children]
-        waiting = asyncio.gather(*(wait_serving(c.spec.listen, args.start_timeout) for c in children))
+        waiting = asyncio.gather(
+            *(wait_serving(c.spec.listen, args.start_timeout, tls=probe_tls, peer=c.spec.identity) for c in children)
+        )
         stopped = asyncio.create_task(stop.wait())
         first: set[asyncio.Future[Any]] = {waiting, stopped}
         done, _ = await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
@@ -175,7 +214,7 @@ async def run_stack(args: argparse.Namespace) -> int:
                 await waiting
             return 130
         waiting.result()
-        print_table(etcd, children, log_dir)
+        print_table(etcd, children, log_dir, pki)
         status = 0
         if args.expose:
             try:
@@ -218,7 +257,7 @@ async def play_demo(children: list[Supervised], state: Path, lab: SimulatedHosts
     return 0
 
 
-def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> None:
+def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path, pki: Path | None) -> None:
     rows = [("etcd", etcd.endpoint, "-", "SERVING")]
     rows += [(c.spec.name, c.spec.listen, f"http://{c.spec.metrics}/metrics", "SERVING") for c in children]
     width = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -230,6 +269,8 @@ def print_table(etcd: EtcdServer, children: list[Supervised], log_dir: Path) -> 
     dns = next(c.spec for c in children if c.spec.name == "dns")
     local_dns = dns.extra[dns.extra.index("--dns-listen") + 1]
     print(f"\nlogs: {log_dir}", flush=True)
+    if pki is not None:
+        print(f"TLS everywhere: the cluster CA is {pki / 'ca.crt'} (pi and other clients verify the API with it)")
     print(f"DNS for tenant default: {local_dns} (dig @{local_dns.replace(':', ' -p ')} NAME.default.svc.cluster.local)")
     print(
         f"`pi` talks to {api} with the token in {log_dir.parent / 'token'}. Press Ctrl-C to stop everything.",
@@ -252,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "--exit-when-ready", action="store_true", help="stop again once everything is serving (a smoke test)"
     )
     parser.add_argument("--demo", action="store_true", help="play the Pi walkthrough once the stack is up")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext, no certificates, no authorization (benchmarks only)"
+    )
     parser.add_argument(
         "--expose", action="store_true",
         help="add one route in this machine's namespace, for the floating-IP pool towards the stack, "

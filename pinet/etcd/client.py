@@ -1,10 +1,12 @@
 """A small asyncio etcd v3 client for pinet.
 
-aetcd provides the connection and the generated etcd v3 stubs. pinet calls the
-stubs directly for the four things its higher-level methods do not offer:
-paged ranges pinned to one revision, transactions comparing on create/mod
-revision with their response revision, a watch stream that reports progress
-notifications and compaction, and a long-lived lease keep-alive stream.
+aetcd provides the generated etcd v3 stubs; pinet owns the channel (so that
+it can speak TLS with a client certificate, which etcd maps to a user by its
+common name) and calls the stubs directly for the four things aetcd's
+higher-level methods do not offer: paged ranges pinned to one revision,
+transactions comparing on create/mod revision with their response revision,
+a watch stream that reports progress notifications and compaction, and a
+long-lived lease keep-alive stream.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import aetcd
 import grpc
 from aetcd import rpc
+
+if TYPE_CHECKING:
+    from pinet.runtime.tls import Tls
 
 log = logging.getLogger(__name__)
 
@@ -292,43 +297,69 @@ def nested_txns(serialized: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def parse_endpoint(url: str) -> tuple[str, int]:
-    """'http://127.0.0.1:12379' or '127.0.0.1:12379' -> (host, port)."""
-    parsed = urlparse(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "") or not parsed.hostname:
-        raise ValueError(f"etcd endpoint must look like http://host:port, got {url!r}")
-    return parsed.hostname, parsed.port or 2379
+def parse_endpoint(url: str) -> tuple[str, int, bool]:
+    """'https://127.0.0.1:12379' -> (host, port, tls); a bare host:port is
+    taken as https."""
+    parsed = urlparse(url if "://" in url else f"https://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"etcd endpoint must look like https://host:port, got {url!r}")
+    return parsed.hostname, parsed.port or 2379, parsed.scheme == "https"
+
+
+#: The name every etcd server certificate of the cluster carries.
+ETCD_SERVER_NAME = "etcd.pinet"
 
 
 class Etcd:
     """One connection to etcd. Safe to share between tasks."""
 
-    def __init__(self, endpoint: str, timeout: float = 5.0) -> None:
+    def __init__(self, endpoint: str, timeout: float = 5.0, tls: Tls | None = None) -> None:
+        """With tls, an https:// endpoint is reached with the identity's
+        certificate; an http:// one only without (--insecure)."""
         self.endpoint = endpoint
         self.timeout = timeout
-        host, port = parse_endpoint(endpoint)
-        self._client = aetcd.Client(host=host, port=port, timeout=None, options=_CHANNEL_OPTIONS)
+        host, port, secure = parse_endpoint(endpoint)
+        if secure and tls is None:
+            raise ValueError(
+                f"{endpoint} is https: give the service its TLS files (or an http:// etcd with --insecure)"
+            )
+        if tls is not None and not secure:
+            raise ValueError(f"TLS is on but the etcd endpoint {endpoint} is plaintext: use https://")
+        self.target = f"{host}:{port}"
+        self.tls = tls
+        self.channel: grpc.aio.Channel | None = None
         self._kv: Any = None
         self._watch: Any = None
         self._lease: Any = None
         self._maintenance: Any = None
+        self.auth: Any = None
         self._txn_serialized: Any = None
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        options = list(_CHANNEL_OPTIONS.items())
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target, options=options)
+        options.append(("grpc.ssl_target_name_override", ETCD_SERVER_NAME))
+        return grpc.aio.secure_channel(self.target, self.tls.channel_credentials(), options=options)
+
     async def connect(self) -> Etcd:
-        await self._client.connect()
-        self._kv = self._client.kvstub
+        self.channel = channel = self._open_channel()
+        self._kv = rpc.KVStub(channel)
         # Txn taking an already serialized TxnRequest: lets the batcher frame
         # many serialized transactions into one request without rebuilding them.
-        self._txn_serialized = self._client.channel.unary_unary(
+        self._txn_serialized = channel.unary_unary(
             "/etcdserverpb.KV/Txn", request_serializer=None, response_deserializer=rpc.TxnResponse.FromString
         )
-        self._lease = self._client.leasestub
-        self._maintenance = self._client.maintenancestub
-        self._watch = rpc.WatchStub(self._client.channel)
+        self._lease = rpc.LeaseStub(channel)
+        self._maintenance = rpc.MaintenanceStub(channel)
+        self._watch = rpc.WatchStub(channel)
+        self.auth = rpc.AuthStub(channel)
         return self
 
     async def close(self) -> None:
-        await self._client.close()
+        if self.channel is not None:
+            await self.channel.close(None)
+            self.channel = None
 
     async def __aenter__(self) -> Etcd:
         return await self.connect()
@@ -357,9 +388,9 @@ class Etcd:
 
     @_etcd_call
     async def current_revision(self) -> int:
-        resp = await self._kv.Range(
-            rpc.RangeRequest(key=b"\0", count_only=True, serializable=False), timeout=self.timeout
-        )
+        # Status, not a range read: with etcd's RBAC on, a service may read
+        # only its own prefixes, and Status needs no key permission.
+        resp = await self._maintenance.Status(rpc.StatusRequest(), timeout=self.timeout)
         return int(resp.header.revision)
 
     @_etcd_call
@@ -562,8 +593,8 @@ class Etcd:
 
 
 @contextlib.asynccontextmanager
-async def connect(endpoint: str, timeout: float = 5.0) -> AsyncIterator[Etcd]:
-    etcd = Etcd(endpoint, timeout)
+async def connect(endpoint: str, timeout: float = 5.0, tls: Tls | None = None) -> AsyncIterator[Etcd]:
+    etcd = Etcd(endpoint, timeout, tls)
     await etcd.connect()
     try:
         yield etcd

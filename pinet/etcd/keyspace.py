@@ -94,6 +94,11 @@ IPAM_ADDRESSES = Kind("ipam/addresses", ipam_pb2.Allocation, ("pool",))
 # idempotent and lets release-by-owner find the address without a scan.
 IPAM_HANDLES = Kind("ipam/handles", ipam_pb2.Allocation, ("pool",))
 
+# What a node's agent reports of the pods it wired, one key per pod uid
+# under the node: an agent may write only its own node's keys, and the
+# network service copies each report into the pod's status.
+POD_NETWORK = Kind("podnetwork", objects_pb2.Pod, ("node",))
+
 TOKENS = Kind("tokens", objects_pb2.TokenRecord)
 NODE_PORTS = Kind("nodeports", objects_pb2.NodePortClaim)
 VNIS = Kind("vnis", objects_pb2.VniClaim)

@@ -10,6 +10,8 @@ import argparse
 import os
 from typing import Any
 
+from pinet.runtime.tls import add_tls_arguments
+
 ENV_PREFIX = "PINET_"
 
 
@@ -39,7 +41,7 @@ class EnvArgumentParser(argparse.ArgumentParser):
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_listen: str) -> None:
-    parser.add_argument("--etcd", default="http://127.0.0.1:12379", help="etcd endpoint URL")
+    parser.add_argument("--etcd", default="https://127.0.0.1:12379", help="etcd endpoint URL (https unless --insecure)")
     parser.add_argument("--listen", default=default_listen, help="gRPC listen address host:port")
     parser.add_argument("--metrics", default="", help="Prometheus /metrics listen address host:port (empty: off)")
     parser.add_argument("--log-level", default="info", help="debug, info, warning or error")
@@ -48,6 +50,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_listen: str) -
         "--shutdown-grace", type=float, default=5.0, help="seconds to finish in-flight calls on SIGTERM"
     )
     parser.add_argument("--node-name", default=os.uname().nodename, help="this host's node name (agents) or replica id")
+    add_tls_arguments(parser)
 
 
 def split_hostport(value: str, what: str = "address") -> tuple[str, int]:

@@ -24,9 +24,12 @@ from grpc_reflection.v1alpha import reflection
 
 from pinet.errors import stream, unary
 from pinet.etcd.client import Etcd
+from pinet.pki.identity import Identity
+from pinet.runtime.authz import Authorizer
 from pinet.runtime.config import EnvArgumentParser, add_common_arguments
 from pinet.runtime.logs import setup_logging
 from pinet.runtime.metrics import serve_metrics
+from pinet.runtime.tls import Tls, TlsConfigError, files_from_args
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,9 @@ class App(Protocol):
     name: str
     #: Default gRPC listen address.
     default_listen: str
+    #: Whether callers must present a certificate of the cluster CA in the
+    #: TLS handshake (every service but the user-facing API).
+    client_certificates: bool
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the service's own flags."""
@@ -57,6 +63,7 @@ class BaseApp:
 
     name = ""
     default_listen = ""
+    client_certificates = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         pass
@@ -79,10 +86,15 @@ class CountedHealthServicer(HealthServicer):  # type: ignore[misc]
 
 
 class Runtime:
-    def __init__(self, args: argparse.Namespace, server: grpc.aio.Server, etcd: Etcd) -> None:
+    def __init__(
+        self, args: argparse.Namespace, server: grpc.aio.Server, etcd: Etcd, identity: Identity, tls: Tls | None
+    ) -> None:
         self.args = args
         self.server = server
         self.etcd = etcd
+        #: Who this service is; tls is None with --insecure.
+        self.identity = identity
+        self.tls = tls
         self.health = CountedHealthServicer()
         self.service_names: list[str] = []
         self.bound_port = 0
@@ -131,16 +143,35 @@ def build_parser(app: App) -> argparse.ArgumentParser:
     return parser
 
 
+def load_tls(app: App, args: argparse.Namespace) -> tuple[Identity, Tls | None]:
+    identity = Identity.for_service(app.name, args.node_name)
+    files = files_from_args(args, identity)
+    if files is None:
+        log.warning(
+            "%s runs with --insecure: plaintext gRPC, no caller identities, no authorization; "
+            "anyone who can reach its port can call it",
+            app.name,
+        )
+        return identity, None
+    return identity, Tls(files, identity)
+
+
 async def serve(app: App, args: argparse.Namespace) -> int:
+    try:
+        identity, tls = load_tls(app, args)
+        etcd = await Etcd(args.etcd, tls=tls).connect()
+    except (TlsConfigError, ValueError, OSError) as exc:
+        log.error("%s cannot start: %s", app.name, exc)
+        return 2
     server = grpc.aio.server(
+        interceptors=[Authorizer(args.node_name)] if tls is not None else [],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.optimization_target", "throughput"),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ],
     )
-    etcd = await Etcd(args.etcd).connect()
-    rt = Runtime(args, server, etcd)
+    rt = Runtime(args, server, etcd, identity, tls)
     health_pb2_grpc.add_HealthServicer_to_server(rt.health, server)
     app.setup(rt)
     reflection.enable_server_reflection(
@@ -151,7 +182,10 @@ async def serve(app: App, args: argparse.Namespace) -> int:
         ],
         server,
     )
-    rt.bound_port = server.add_insecure_port(args.listen)
+    if tls is None:
+        rt.bound_port = server.add_insecure_port(args.listen)
+    else:
+        rt.bound_port = server.add_secure_port(args.listen, tls.server_credentials(app.client_certificates))
     if rt.bound_port == 0:
         log.error("cannot listen on %s", args.listen)
         return 2

@@ -25,7 +25,7 @@ from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.netns import netns_path
 from pinet.network.v1 import objects_pb2
 from pinet.nodes import NodeRegistration
-from pinet.podstatus import set_network_ready
+from pinet.podstatus import NetworkReports
 from pinet.reconcile import Reconciler, run_with_resync
 from pinet.services.netagent import desired, isolation, names
 from pinet.services.netagent.kernel import Kernel
@@ -67,6 +67,7 @@ class Agent:
         self.reconciler: Reconciler[str] = Reconciler(f"netagent {node}", self.reconcile)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
         self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
+        self.reports = NetworkReports(etcd, node)
         self.pods.subscribe(self._on_pod)
         self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
         self.nodes.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
@@ -79,6 +80,7 @@ class Agent:
             informer.start()
         for informer in (self.tenants, self.nodes, self.pods):
             await informer.wait_synced()
+        await self.reports.load()
         for pod in self.pods.values():
             # Runtime namespaces survive an agent restart in etcd.
             if (
@@ -212,10 +214,7 @@ class Agent:
         changes = await self._k(self.kernel.ensure_router_for_pod, router, want.host_sets())
         changes += await self._k(self.kernel.ensure_pod, wiring, router.netns)
         self._log(changes)
-        pod = self.pods.get(PODS.key(wiring.tenant, wiring.namespace, wiring.name))
-        path = netns_path(wiring.netns)
-        if pod is not None and (not pod.status.network_ready or pod.status.netns != path):
-            await set_network_ready(self.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, path)
+        await self.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
 
     async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> bool:
         """Unwire pod uid wherever it is; runtime_netns names the runtime's
@@ -235,6 +234,8 @@ class Agent:
         if pod_ns in owned:
             changes += await self._k(self.kernel.remove_orphan_netns, pod_ns)
         self._log(changes)
+        if not runtime_netns:
+            await self.reports.forget(uid)
         return bool(changes)
 
     async def _full(self, want: desired.HostWiring) -> None:
@@ -262,6 +263,9 @@ class Agent:
         else:
             changes += await self._k(self.kernel.remove_host)
         self._log(changes)
+        # A pod still on this node keeps its report (a detached one's says so).
+        local = {p.metadata.uid for p in self.pods.values() if p.spec.node_name == self.node}
+        await self.reports.forget_all_but(set(want.pods) | set(self.attached) | local)
         for vni in want.routers:
             self.reconciler.enqueue(f"router:{vni}")
         for uid in want.pods:
@@ -336,9 +340,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         changes = await agent._k(agent.kernel.ensure_router_for_pod, router, want.host_sets())
         changes += await agent._k(agent.kernel.ensure_pod, wiring, router.netns)
         agent._log(changes)
-        await set_network_ready(
-            agent.etcd, wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns)
-        )
+        await agent.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
         return netagent_pb2.AttachResponse(attachment=agent.attachment(wiring, router), created=bool(changes))
 
     @unary
@@ -355,7 +357,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         removed = await agent._remove_pod(uid, agent.wanted(), runtime_netns=path)
         if pod is not None:
             m = pod.metadata
-            await set_network_ready(agent.etcd, m.tenant, m.namespace, m.name, m.uid, False, "", "detached")
+            await agent.reports.report(m.tenant, m.namespace, m.name, m.uid, False, "", "detached")
         agent.reconciler.enqueue("full")
         return netagent_pb2.DetachResponse(removed=removed)
 

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
+
+import grpc
 
 from pinet.netagent.v1 import netagent_pb2_grpc
 from pinet.netns import add_host_netns_argument
@@ -19,6 +23,23 @@ from pinet.services.netagent.kernel import Kernel
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CNI_SOCKET = "/run/pinet/netagent.sock"
+
+
+def listen_on_cni_socket(server: grpc.aio.Server, path: Path) -> None:
+    """The CNI plugin's way in: a Unix socket only root can open (its
+    directory 0700, the socket 0600). A caller on it is this node's CNI
+    plugin (pinet.runtime.authz), the only one allowed to Attach and Detach."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    old = os.umask(0o177)
+    try:
+        if server.add_secure_port(f"unix:{path}", grpc.local_server_credentials(grpc.LocalConnectionType.UDS)) == 0:
+            raise SystemExit(f"netagent: cannot listen on the CNI socket {path}")
+    finally:
+        os.umask(old)
+
 
 class NetagentApp(BaseApp):
     name = "netagent"
@@ -27,6 +48,7 @@ class NetagentApp(BaseApp):
     def __init__(self) -> None:
         self.registration: NodeRegistration | None = None
         self.agent: Agent | None = None
+        self.cni_socket: Path | None = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_host_netns_argument(parser)
@@ -48,6 +70,10 @@ class NetagentApp(BaseApp):
             "--conntrack-limit", type=int, default=isolation.DEFAULT_CONNTRACK_LIMIT,
             help="connections tracked at once per pod in its router; new ones beyond are dropped and counted "
             "(0: no limit)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--cni-socket", default=DEFAULT_CNI_SOCKET,
+            help="Unix socket for the CNI plugin (root only); empty: none",
         )  # fmt: skip
         parser.add_argument(
             "--unsafe-no-isolation",
@@ -73,6 +99,9 @@ class NetagentApp(BaseApp):
             netagent_pb2_grpc.add_AgentServiceServicer_to_server,
             AgentServicer(self.agent),
         )
+        if rt.args.cni_socket:
+            self.cni_socket = Path(rt.args.cni_socket)
+            listen_on_cni_socket(rt.server, self.cni_socket)
 
     async def start(self, rt: Runtime) -> None:
         assert self.agent is not None
@@ -92,6 +121,8 @@ class NetagentApp(BaseApp):
             await self.agent.stop()
         if self.registration is not None:
             await self.registration.stop()
+        if self.cni_socket is not None:
+            self.cni_socket.unlink(missing_ok=True)
 
 
 def app_factory() -> NetagentApp:

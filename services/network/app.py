@@ -20,6 +20,7 @@ from pinet.etcd.lease import LeaderElection
 from pinet.network.v1 import network_pb2_grpc
 from pinet.runtime.service import BaseApp, Runtime, main_for
 from pinet.services.network.api import AdminServicer, NetworkServicer
+from pinet.services.network.audit import audit_servicer
 from pinet.services.network.auth import TokenStore, token_hash
 from pinet.services.network.controllers import run_controllers
 from pinet.services.network.deps import Deps
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 class NetworkApp(BaseApp):
     name = "network"
     default_listen = "127.0.0.1:7700"
+    # Users reach the API with bearer tokens, not certificates.
+    client_certificates = False
 
     def __init__(self) -> None:
         self.deps: Deps | None = None
@@ -48,17 +51,17 @@ class NetworkApp(BaseApp):
 
     def setup(self, rt: Runtime) -> None:
         view = ClusterView(rt.etcd)
-        ipam = IpamClient(rt.args.ipam)
+        ipam = IpamClient(rt.args.ipam, rt.tls)
         self.deps = Deps(rt.etcd, view, ipam, Tenants(rt.etcd, view, ipam), TokenStore(rt.etcd))
         rt.add_servicer(
             "pinet.network.v1.AdminService",
             network_pb2_grpc.add_AdminServiceServicer_to_server,
-            AdminServicer(self.deps),
+            audit_servicer(AdminServicer(self.deps), self.deps.tokens.caller),
         )
         rt.add_servicer(
             "pinet.network.v1.NetworkService",
             network_pb2_grpc.add_NetworkServiceServicer_to_server,
-            NetworkServicer(self.deps),
+            audit_servicer(NetworkServicer(self.deps), self.deps.tokens.caller),
         )
 
     async def start(self, rt: Runtime) -> None:

@@ -1,4 +1,5 @@
-"""Controllers run by the elected network replica: endpoints and deployments."""
+"""Controllers run by the elected network replica: endpoints, deployments,
+and the copy of each agent's report into its pod's status."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import logging
 from collections.abc import Callable
 
 from pinet.errors import ApiError
-from pinet.etcd.informer import Event
-from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, NODE_LEASES, PODS, SERVICES
+from pinet.etcd.informer import Event, EventType
+from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, NODE_LEASES, POD_NETWORK, PODS, SERVICES
 from pinet.meta import now
 from pinet.network.v1 import objects_pb2
+from pinet.podstatus import needs_copy, set_network_ready
 from pinet.reconcile import Reconciler
 from pinet.services.network import endpoints, pods_api
 from pinet.services.network.deps import Deps
@@ -182,9 +184,56 @@ class DeploymentController:
         await update(self.deps.etcd, DEPLOYMENTS, DEPLOYMENTS.key(tenant, ns, name), mutate)
 
 
+class PodNetworkController:
+    """Copies what a node's agent reports of a pod into the pod's status,
+    only for a pod that is on that node: an agent can speak only for its
+    own node's pods."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.view = deps.view
+        self.reconciler: Reconciler[tuple[str, str]] = Reconciler("pod-network", self.reconcile)
+
+    def subscribe(self) -> list[Callable[[], None]]:
+        return [
+            self.view.pod_network.subscribe(self._on_report, replay=False),
+            self.view.pods.subscribe(self._on_pod, replay=False),
+        ]
+
+    def _on_report(self, event: Event[objects_pb2.Pod]) -> None:
+        if event.type is not EventType.DELETED:
+            self.reconciler.enqueue(POD_NETWORK.parts(event.key))  # type: ignore[arg-type]
+
+    def _on_pod(self, event: Event[objects_pb2.Pod]) -> None:
+        # A pod written without its report's state (created after it, or
+        # its status rewritten) gets it again.
+        pod = event.obj
+        if event.type is not EventType.DELETED and pod.spec.node_name:
+            key = POD_NETWORK.key(pod.spec.node_name, pod.metadata.uid)
+            report = self.view.pod_network.get(key)
+            if report is not None and needs_copy(pod, report):
+                self.reconciler.enqueue((pod.spec.node_name, pod.metadata.uid))
+
+    def enqueue_all(self) -> None:
+        for key in self.view.pod_network:
+            self.reconciler.enqueue(POD_NETWORK.parts(key))  # type: ignore[arg-type]
+
+    async def reconcile(self, key: tuple[str, str]) -> None:
+        node, uid = key
+        report = self.view.pod_network.get(POD_NETWORK.key(node, uid))
+        if report is None:
+            return
+        m = report.metadata
+        pod = self.view.pods.get(PODS.key(m.tenant, m.namespace, m.name))
+        if pod is None or pod.metadata.uid != uid or pod.spec.node_name != node or not needs_copy(pod, report):
+            return
+        s = report.status
+        await set_network_ready(self.deps.etcd, m.tenant, m.namespace, m.name, uid, s.network_ready, s.netns, s.message)
+
+
 async def run_controllers(deps: Deps) -> None:
-    """The elected replica's work: both controllers until cancelled."""
-    controllers = (EndpointsController(deps), DeploymentController(deps))
+    """The elected replica's work: the controllers until cancelled."""
+    controllers = (EndpointsController(deps), DeploymentController(deps), PodNetworkController(deps))
     unsubscribe: list[Callable[[], None]] = []
     tasks = []
     try:
@@ -192,7 +241,7 @@ async def run_controllers(deps: Deps) -> None:
             unsubscribe += c.subscribe()
             c.enqueue_all()
             tasks.append(asyncio.create_task(c.reconciler.run(), name=f"controller:{c.reconciler.name}"))
-        log.info("endpoints and deployment controllers running")
+        log.info("endpoints, deployment and pod-network controllers running")
         await asyncio.gather(*tasks)
     finally:
         for stop in unsubscribe:

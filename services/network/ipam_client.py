@@ -8,15 +8,17 @@ import grpc
 
 from pinet.errors import ApiError
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.pki.identity import Identity
+from pinet.runtime.tls import Tls, aio_channel
 
 if TYPE_CHECKING:
     from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 
 class IpamClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: Tls | None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = aio_channel(tls, address, Identity("ipam"))
         self.stub: IpamServiceAsyncStub = ipam_pb2_grpc.IpamServiceStub(self.channel)
 
     async def close(self) -> None:

@@ -7,7 +7,17 @@ from collections import Counter, defaultdict
 
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
-from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, NODE_LEASES, NODE_PORTS, NODES, PODS, SERVICES, TENANTS
+from pinet.etcd.keyspace import (
+    DEPLOYMENTS,
+    ENDPOINTS,
+    NODE_LEASES,
+    NODE_PORTS,
+    NODES,
+    POD_NETWORK,
+    PODS,
+    SERVICES,
+    TENANTS,
+)
 from pinet.network.v1 import objects_pb2
 
 Scope = tuple[str, str]  # (tenant, namespace)
@@ -31,9 +41,13 @@ class ClusterView:
         self.node_ports: Informer[objects_pb2.NodePortClaim] = Informer(
             etcd, NODE_PORTS.prefix, NODE_PORTS.decode, "node-ports"
         )
+        # What the agents report of the pods they wired (podstatus.py).
+        self.pod_network: Informer[objects_pb2.Pod] = Informer(
+            etcd, POD_NETWORK.prefix, POD_NETWORK.decode, "pod-network"
+        )
         self.all = (
             self.tenants, self.nodes, self.node_leases, self.pods, self.services, self.endpoints, self.deployments,
-            self.node_ports,
+            self.node_ports, self.pod_network,
         )  # fmt: skip
         # Indexes kept by the informers' own events.
         self.pods_by_scope: dict[Scope, dict[str, objects_pb2.Pod]] = defaultdict(dict)

@@ -13,7 +13,6 @@ import pytest
 
 from pinet.cli import manifests
 from pinet.devstack.etcd import EtcdServer, free_port
-from pinet.etcd.client import Etcd
 from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ServiceProcess
@@ -88,7 +87,7 @@ async def create_objects(t: Tenant, text: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 async def dns_lab(etcd_server: EtcdServer, platform: Platform) -> AsyncIterator[DnsLab]:
-    etcd = await Etcd(etcd_server.endpoint).connect()
+    etcd = await etcd_server.client().connect()
     suffix = uuid.uuid4().hex[:6]
     agents = await FakeWiringAgents(etcd, {f"dns-a-{suffix}": "192.0.2.21"}).start()
     tenant = await platform.tenant()

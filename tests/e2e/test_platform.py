@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import (
     DEPLOYMENTS,
     ENDPOINTS,
@@ -151,7 +150,7 @@ async def test_two_tenants_walk_through_and_leave_nothing(stack: Stack, tmp_path
         await t.api("delete", "deployment", "nginx")
         await t.api("delete", "service", "test-loadbalancer")
         await t.api("delete", "fip", setups[t.name][0])
-    etcd = await Etcd(stack.etcd).connect()
+    etcd = await stack.etcd_client().connect()
     try:
         for kind in (PODS, DEPLOYMENTS, SERVICES, ENDPOINTS, NODE_PORTS, FIP_BINDINGS, IPAM_HANDLES, IPAM_ADDRESSES):
 

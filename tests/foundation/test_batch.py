@@ -83,7 +83,7 @@ async def test_concurrent_submissions_share_round_trips_and_are_judged_alone(etc
 
 async def test_a_failed_round_trip_fails_every_submission_in_it(make_etcd_server: Callable[[], EtcdServer]) -> None:
     server = make_etcd_server()
-    etcd = await Etcd(server.endpoint, timeout=2).connect()
+    etcd = await server.client(timeout=2).connect()
     batcher = TxnBatcher(etcd)
     try:
         server.stop(kill=True)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd
 from pinet.etcd.lease import LeaderElection, Lease
+from tests.helpers import tls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,7 +71,14 @@ async def test_replica_takes_over_within_5s_of_leader_kill(etcd_server: EtcdServ
     procs = {}
     for ident in ("replica-1", "replica-2"):
         procs[ident] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.helpers.leader_proc", etcd_server.endpoint, name, ident, cwd=ROOT
+            sys.executable,
+            "-m",
+            "tests.helpers.leader_proc",
+            etcd_server.endpoint,
+            name,
+            ident,
+            str(tls.pki()),
+            cwd=ROOT,
         )
     try:
         deadline = time.monotonic() + 20

@@ -117,8 +117,8 @@ async def test_ten_thousand_rapid_writes(etcd: Etcd, prefix: bytes) -> None:
 
 async def test_survives_etcd_restart(make_etcd_server: Callable[[], EtcdServer]) -> None:
     server = make_etcd_server()
-    writer_client = await Etcd(server.endpoint, timeout=1.0).connect()
-    informer_client = await Etcd(server.endpoint).connect()
+    writer_client = await server.client(timeout=1.0).connect()
+    informer_client = await server.client().connect()
     prefix = b"/restart/"
     informer = Informer(informer_client, prefix, identity)
     rec = Recorder()
@@ -170,8 +170,8 @@ async def test_survives_etcd_restart(make_etcd_server: Callable[[], EtcdServer])
 async def test_relists_after_compaction_past_its_revision(make_etcd_server: Callable[[], EtcdServer]) -> None:
     server = make_etcd_server()
     proxy = await TcpProxy(server.client_port).start()
-    admin = await Etcd(server.endpoint).connect()
-    behind_proxy = await Etcd(proxy.endpoint, timeout=1.0).connect()
+    admin = await server.client().connect()
+    behind_proxy = await Etcd(proxy.endpoint, 1.0, server.tls()).connect()
     prefix = b"/compact/"
     for i in range(20):
         await admin.put(prefix + f"k{i}".encode(), b"v0")

@@ -15,6 +15,7 @@ from pinet.devstack.etcd import EtcdServer, free_port
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.runtime.config import EnvArgumentParser, add_common_arguments
 from pinet.runtime.probe import check, list_services
+from tests.helpers import tls
 from tests.helpers.procs import ROOT, ServiceProcess
 
 API = {
@@ -43,14 +44,16 @@ async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdSe
         if service == "netagent":
             args += ["--underlay-ip", lab.underlay_ip(1)]
     proc = await ServiceProcess(service, etcd_server.endpoint, args).start()
+    over_tls = {"tls": tls.tls(tls.MONITOR), "peer": proc.identity}
     try:
-        assert await check(proc.address) == "SERVING"
-        listed = await list_services(proc.address)
+        assert await check(proc.address) == "UNREACHABLE", "no plaintext"
+        assert await check(proc.address, **over_tls) == "SERVING"  # type: ignore[arg-type]
+        listed = await list_services(proc.address, **over_tls)  # type: ignore[arg-type]
         for name in [*API[service], "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"]:
             assert name in listed, f"{name} not listed by reflection: {listed}"
             if not name.startswith("grpc."):
-                assert await check(proc.address, name) == "SERVING"
-        assert await check(proc.address, "no.such.Service") == "SERVICE_UNKNOWN"
+                assert await check(proc.address, name, **over_tls) == "SERVING"  # type: ignore[arg-type]
+        assert await check(proc.address, "no.such.Service", **over_tls) == "SERVICE_UNKNOWN"  # type: ignore[arg-type]
         body = await asyncio.to_thread(fetch, f"http://127.0.0.1:{metrics_port}/metrics")
         assert "pinet_grpc_server_handled_total" in body
         assert 'method="Check"' in body, "gRPC calls are counted"
@@ -64,7 +67,7 @@ async def test_service_health_reflection_metrics_and_sigterm(etcd_server: EtcdSe
 
 def test_pinet_health_command(etcd_server: EtcdServer) -> None:
     out = subprocess.run(
-        [os.path.join(ROOT, ".venv/bin/pinet"), "health", f"127.0.0.1:{free_port()}"],
+        [os.path.join(ROOT, ".venv/bin/pinet"), "health", f"127.0.0.1:{free_port()}", "--dir", str(tls.pki())],
         capture_output=True,
         text=True,
         timeout=30,

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from pinet.devstack.hosts import SimulatedHosts
+from pinet.devstack.stack import cni_socket
 from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from tests.helpers.procs import ServiceProcess
 from tests.network.conftest import Tenant
@@ -48,7 +49,7 @@ class Cloud:
         proc = await ServiceProcess(
             "netagent", self.etcd_endpoint,
             ["--node-name", node, "--host-netns", node, "--underlay-ip", self.hosts.underlay_ip(n),
-             "--heartbeat-ttl", "3", "--resync-interval", "2", *self.agent_args],
+             "--heartbeat-ttl", "3", "--resync-interval", "2", "--cni-socket", cni_socket(node), *self.agent_args],
             metrics=True,
         ).start()  # fmt: skip
         self.agents[node] = proc
@@ -113,7 +114,7 @@ async def running_cloud(
             "network", etcd_endpoint, ["--ipam", ipam.address, "--bootstrap-dir", str(state)]
         ).start()
         procs.append(network)
-        channel = grpc.aio.insecure_channel(network.address)
+        channel = network.channel()
         cloud = Cloud(hosts, {}, network, ipam, (state / "admin-token").read_text().strip(), channel,
                       etcd_endpoint, agent_args=list(agent_args or []))  # fmt: skip
         if dns:

@@ -10,8 +10,12 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
 from pinet.devstack.etcd import free_port
+from pinet.pki.identity import Identity
 from pinet.runtime.probe import wait_serving
+from tests.helpers import tls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG_DIR = Path(tempfile.gettempdir()) / "pinet-test-logs"
@@ -20,14 +24,24 @@ LOG_DIR = Path(tempfile.gettempdir()) / "pinet-test-logs"
 class ServiceProcess:
     def __init__(
         self, service: str, etcd: str, args: Sequence[str] = (), env: dict[str, str] | None = None,
-        metrics: bool = False,
+        metrics: bool = False, insecure: bool = False,
     ) -> None:  # fmt: skip
+        """A service with its own certificate from the test PKI (and its
+        etcd role), or plaintext with insecure (against an http:// etcd)."""
         self.service = service
         self.etcd = etcd
+        self.insecure = insecure
+        node = list(args)[list(args).index("--node-name") + 1] if "--node-name" in args else "test-node"
+        #: Who the service runs as.
+        self.identity = Identity.for_service(service, node)
+        self.node = node
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.metrics = f"127.0.0.1:{free_port()}" if metrics else ""
-        self.args = [*args, *(["--metrics", self.metrics] if metrics else [])]
+        tls_args = ["--insecure"] if insecure else ["--tls-dir", str(tls.pki())]
+        if "--node-name" not in args:
+            tls_args += ["--node-name", node]
+        self.args = [*tls_args, *args, *(["--metrics", self.metrics] if metrics else [])]
         self.env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
         # Logs stay after the test for whoever debugs it.
@@ -35,7 +49,16 @@ class ServiceProcess:
         self.log_path = LOG_DIR / f"{service}-{self.port}.log"
         self.stderr = ""
 
+    def channel(self, identity: Identity = tls.ADMIN) -> grpc.aio.Channel:
+        """A channel to this service, as identity (admin by default)."""
+        if self.insecure:
+            return grpc.aio.insecure_channel(self.address)
+        return tls.channel(self.address, self.identity, identity)
+
     async def start(self, timeout: float = 30.0) -> ServiceProcess:
+        if not self.insecure:
+            tls.ensure(self.identity)
+            await tls.grant(self.etcd, self.identity)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -53,7 +76,8 @@ class ServiceProcess:
             stderr=open(self.log_path, "wb"),
         )
         try:
-            await wait_serving(self.address, timeout)
+            probe = None if self.insecure else tls.tls(tls.MONITOR)
+            await wait_serving(self.address, timeout, tls=probe, peer=self.identity)
         except TimeoutError:
             await self.kill()
             raise

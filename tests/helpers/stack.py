@@ -15,6 +15,9 @@ from pathlib import Path
 from pinet.devstack.etcd import free_port
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.devstack.stack import default_services
+from pinet.etcd.client import Etcd
+from pinet.pki.identity import Identity
+from pinet.runtime.tls import Tls, TlsFiles
 from tests.helpers.procs import ROOT
 
 
@@ -33,7 +36,16 @@ class Stack:
 
     @property
     def etcd(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_port}"
+        return f"https://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.state / "pki"
+
+    def etcd_client(self) -> Etcd:
+        """A client of the stack's etcd as its root user."""
+        root = Identity("root")
+        return Etcd(self.etcd, tls=Tls(TlsFiles.in_directory(self.pki, root), root))
 
     def start(self, timeout: float = 120) -> Stack:
         self.proc = subprocess.Popen(
@@ -65,7 +77,8 @@ class Stack:
         return rest or ""
 
     def pi(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PINET_API": self.api, "PINET_TOKEN_FILE": str(self.state / "token")}
+        env = {**os.environ, "PINET_API": self.api, "PINET_TOKEN_FILE": str(self.state / "token"),
+               "PINET_CA": str(self.pki / "ca.crt")}  # fmt: skip
         env.pop("PINET_TOKEN", None)
         out = subprocess.run(
             [os.path.join(ROOT, ".venv/bin/pi"), *args], input=stdin, capture_output=True, text=True,

@@ -17,7 +17,8 @@ class TcpProxy:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        # etcd speaks TLS; the proxy passes its bytes through.
+        return f"https://127.0.0.1:{self.port}"
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)

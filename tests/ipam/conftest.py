@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 
 from pinet.devstack.etcd import EtcdServer
@@ -28,7 +27,7 @@ async def ipam_proc(etcd_server: EtcdServer) -> AsyncIterator[ServiceProcess]:
 
 @pytest.fixture
 async def ipam(ipam_proc: ServiceProcess) -> AsyncIterator[IpamServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(ipam_proc.address) as channel:
+    async with ipam_proc.channel() as channel:
         yield ipam_pb2_grpc.IpamServiceStub(channel)
 
 

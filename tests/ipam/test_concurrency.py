@@ -66,7 +66,7 @@ async def allocate_through_a_fault(
 @pytest.mark.slow
 async def test_two_replicas_64_clients_20000_allocations(etcd_server: EtcdServer, etcd: Etcd, tenant: str) -> None:
     procs = [await ServiceProcess("ipam", etcd_server.endpoint, NO_GC).start() for _ in range(2)]
-    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    channels = [p.channel() for p in procs]
     stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
     try:
         pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
@@ -101,7 +101,7 @@ async def test_two_replicas_64_clients_20000_allocations(etcd_server: EtcdServer
 @pytest.mark.slow
 async def test_replica_killed_mid_allocation(etcd_server: EtcdServer, etcd: Etcd, tenant: str) -> None:
     procs = [await ServiceProcess("ipam", etcd_server.endpoint, NO_GC).start() for _ in range(2)]
-    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    channels = [p.channel() for p in procs]
     stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
     try:
         pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
@@ -125,9 +125,9 @@ async def test_replica_killed_mid_allocation(etcd_server: EtcdServer, etcd: Etcd
 async def test_etcd_restart_mid_run(make_etcd_server: Callable[[], EtcdServer], tenant: str) -> None:
     server = make_etcd_server()
     procs = [await ServiceProcess("ipam", server.endpoint, NO_GC).start() for _ in range(2)]
-    channels = [grpc.aio.insecure_channel(p.address) for p in procs]
+    channels = [p.channel() for p in procs]
     stubs: list[Stub] = [ipam_pb2_grpc.IpamServiceStub(c) for c in channels]
-    etcd = await Etcd(server.endpoint).connect()
+    etcd = await server.client().connect()
     try:
         pool = (await ensure_network(stubs[0], tenant)).pod_pool.pool.name
         got = await allocate_through_a_fault(stubs, pool, tenant, lambda: asyncio.to_thread(server.restart))

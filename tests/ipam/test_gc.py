@@ -7,8 +7,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import grpc
-
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import NODE_LEASES, PODS
@@ -48,12 +46,12 @@ async def test_dead_nodes_pod_ips_return_after_grace_live_ones_never(
     make_etcd_server: Callable[[], EtcdServer],
 ) -> None:
     server = make_etcd_server()
-    etcd = await Etcd(server.endpoint).connect()
+    etcd = await server.client().connect()
     proc = await ServiceProcess("ipam", server.endpoint, GC_FLAGS).start()
     live = await node_heartbeat(etcd, "node-a")
     dying = await node_heartbeat(etcd, "node-b")
     try:
-        async with grpc.aio.insecure_channel(proc.address) as channel:
+        async with proc.channel() as channel:
             stub: Stub = ipam_pb2_grpc.IpamServiceStub(channel)
             tenant = "acme"
             pool = (await ensure_network(stub, tenant)).pod_pool.pool.name
@@ -95,10 +93,10 @@ async def _gone(etcd: Etcd, node: str) -> bool:
 
 async def test_owners_being_created_are_not_collected(make_etcd_server: Callable[[], EtcdServer]) -> None:
     server = make_etcd_server()
-    etcd = await Etcd(server.endpoint).connect()
+    etcd = await server.client().connect()
     proc = await ServiceProcess("ipam", server.endpoint, GC_FLAGS).start()
     try:
-        async with grpc.aio.insecure_channel(proc.address) as channel:
+        async with proc.channel() as channel:
             stub: Stub = ipam_pb2_grpc.IpamServiceStub(channel)
             tenant = "acme"
             pool = (await ensure_network(stub, tenant)).pod_pool.pool.name

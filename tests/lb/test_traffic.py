@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 
-import grpc
-
 from pinet.common.v1 import meta_pb2
 from pinet.devstack.hosts import INTERNET_IP
 from pinet.lb.v1 import lb_pb2, lb_pb2_grpc
@@ -58,7 +56,7 @@ async def test_cluster_ip_reaches_every_endpoint_hairpins_and_follows_scale_down
         own = await answers(cloud, cloud.pod_netns(pods[0]), vip, 80, 30)
         assert "FAILED" not in own and "web-0" in own, own
         # What lb-1 programmed, read back from its kernel.
-        async with grpc.aio.insecure_channel(cloud.lbs[cloud.hosts.host(1)].address) as ch:
+        async with cloud.lbs[cloud.hosts.host(1)].channel() as ch:
             listed = await lb_pb2_grpc.LoadBalancerServiceStub(ch).ListVirtualServices(
                 lb_pb2.ListVirtualServicesRequest(tenant="alpha")
             )

@@ -8,6 +8,7 @@ import os
 import subprocess
 from typing import Any
 
+from pinet.devstack.stack import cni_socket
 from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.procs import ROOT
 from tests.netagent.conftest import Cloud
@@ -33,7 +34,7 @@ async def test_cni_add_check_del_and_errors(cloud: Cloud) -> None:
     created = await t.call("CreatePod", network_pb2.CreatePodRequest(pod=pod))
     netns = f"{cloud.hosts.prefix}cni1"
     subprocess.run(["ip", "netns", "add", netns], check=True)
-    config = {"cniVersion": "1.0.0", "name": "pinet", "type": "pinet-cni", "agent": cloud.agents[host].address,
+    config = {"cniVersion": "1.0.0", "name": "pinet", "type": "pinet-cni", "socket": cni_socket(host),
               "tenant": "alpha"}  # fmt: skip
     env = {"CNI_CONTAINERID": "c0ffee", "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_IFNAME": "eth0",
            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=runtime-pod"}  # fmt: skip
@@ -78,7 +79,8 @@ async def test_cni_add_check_del_and_errors(cloud: Cloud) -> None:
             ("no pod name", config, {**env, "CNI_ARGS": "K8S_POD_NAMESPACE=default"}, 4),
             ("bad CNI_ARGS", config, {**env, "CNI_ARGS": "garbage"}, 4),
             ("unknown pod", config, {**env, "CNI_ARGS": "K8S_POD_NAME=nobody"}, 3),
-            ("agent down", {**config, "agent": "127.0.0.1:1"}, env, 11),
+            ("agent down", {**config, "socket": "/run/pinet/no-such-agent.sock"}, env, 11),
+            ("a TCP agent address", {**config, "agent": "127.0.0.1:7711"}, env, 7),
         ]
         for what, cfg, e, expected in bad:
             code, err = cni("ADD", cfg, **e)

@@ -136,7 +136,11 @@ async def test_agent_restart_cleans_up_and_repairs_without_disturbing_others(clo
 def _healthy(cloud: Cloud, node: str, pod: objects_pb2.Pod) -> bool:
     import grpc
 
-    with grpc.insecure_channel(cloud.agents[node].address) as ch:
+    from pinet.runtime.tls import sync_channel
+    from tests.helpers import tls
+
+    agent = cloud.agents[node]
+    with sync_channel(tls.tls(), agent.address, agent.identity) as ch:
         stub = netagent_pb2_grpc.AgentServiceStub(ch)
         ref = netagent_pb2.PodRef(tenant="alpha", namespace="default", name=pod.metadata.name)
         try:

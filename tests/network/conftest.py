@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from pinet.devstack.etcd import EtcdServer
-from pinet.etcd.client import Etcd
 from pinet.network.v1 import network_pb2, network_pb2_grpc
 from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ServiceProcess
@@ -63,7 +62,7 @@ async def platform(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFac
     network = await ServiceProcess(
         "network", etcd_server.endpoint, ["--ipam", ipam.address, "--bootstrap-dir", str(state)]
     ).start()
-    channel = grpc.aio.insecure_channel(network.address)
+    channel = network.channel()
     admin_token = (Path(state) / "admin-token").read_text().strip()
     yield Platform(ipam, network, admin_token, channel)
     await channel.close(None)
@@ -73,7 +72,7 @@ async def platform(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 async def agents(etcd_server: EtcdServer, platform: Platform) -> AsyncIterator[FakeWiringAgents]:
-    etcd = await Etcd(etcd_server.endpoint).connect()
+    etcd = await etcd_server.client().connect()
     suffix = uuid.uuid4().hex[:6]
     agents = await FakeWiringAgents(etcd, {f"node-a-{suffix}": "192.0.2.11", f"node-b-{suffix}": "192.0.2.12"}).start()
     yield agents

@@ -8,11 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import pytest
 
 from pinet.devstack.etcd import EtcdServer
-from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import leader_key
 from pinet.network.v1 import network_pb2, network_pb2_grpc
 from tests.helpers.agent import FakeWiringAgents
@@ -23,7 +21,7 @@ from tests.network.test_api import endpoint_ips, pod, service_from_yaml, wait_fo
 
 @pytest.mark.slow
 async def test_controllers_fail_over_to_the_other_replica(etcd_server: EtcdServer, tmp_path: Path) -> None:
-    etcd = await Etcd(etcd_server.endpoint).connect()
+    etcd = await etcd_server.client().connect()
     ipam = await ServiceProcess("ipam", etcd_server.endpoint, ["--floating-ranges", "", "--gc-interval", "0"]).start()
     replicas = [
         await ServiceProcess(
@@ -33,7 +31,7 @@ async def test_controllers_fail_over_to_the_other_replica(etcd_server: EtcdServe
         for i in range(2)
     ]  # fmt: skip
     agents = await FakeWiringAgents(etcd, {f"rep-{uuid.uuid4().hex[:6]}": "192.0.2.31"}).start()
-    channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+    channels = [r.channel() for r in replicas]
     try:
         admin = network_pb2_grpc.AdminServiceStub(channels[0])
         token = (await admin.IssueToken(

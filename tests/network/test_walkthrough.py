@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, IPAM_ADDRESSES, IPAM_HANDLES, NODE_PORTS, PODS, SERVICES
 from tests.helpers.procs import ROOT
 from tests.helpers.stack import Stack, new_stack
@@ -27,7 +26,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
 @pytest.mark.slow
 async def test_walkthrough_through_pi(stack: Stack, tmp_path: Path) -> None:
-    etcd = await Etcd(stack.etcd).connect()
+    etcd = await stack.etcd_client().connect()
     try:
         out = await asyncio.to_thread(stack.pi, "create", "fip")
         match = re.fullmatch(r"fip/(\d+\.\d+\.\d+\.\d+)\n", out.stdout)

@@ -1,0 +1,1 @@
+"""The cluster's PKI: identities, the CA and the certificates it issues."""
