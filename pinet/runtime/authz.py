@@ -74,7 +74,8 @@ POLICY: dict[str, Rule] = {
     "/pinet.ipam.v1.IpamService/GetPool": _roles("network", "admin", "monitor"),
     "/pinet.ipam.v1.IpamService/ListPools": _roles("network", "admin", "monitor"),
     "/pinet.ipam.v1.IpamService/CreatePool": _roles("admin"),
-    "/pinet.ipam.v1.IpamService/DeletePool": _roles("admin"),
+    # The network service removes a tenant's pools with the tenant.
+    "/pinet.ipam.v1.IpamService/DeletePool": _roles("network", "admin"),
     # Wiring a pod: its own host's container runtime (the CNI plugin on the
     # agent's Unix socket), or an operator.
     "/pinet.netagent.v1.AgentService/Attach": _roles("cni", "admin", same_node=True),

@@ -11,7 +11,7 @@ export PINET_ROOT PINET_VENV
 PINET_APT_PACKAGES=(
   "etcd-server:etcd" "etcd-client:etcdctl" "nftables:nft" "iproute2:ip"
   "dnsutils:dig" "conntrack:conntrack" "procps:pgrep" "docker-compose:docker-compose"
-  "nginx-light:nginx" "curl:curl"
+  "nginx-light:nginx" "curl:curl" "nodejs:node" "npm:npm"
 )
 
 pinet_log() { printf '[setup] %s\n' "$*" >&2; }

@@ -25,11 +25,14 @@ def test_bench_ipam_prints_every_row_and_the_cpu_per_operation() -> None:
     out = run_bench("bench.ipam", "--allocations", "400", "--rounds", "2")
     lines = out.splitlines()
     cpu_at = next(i for i, line in enumerate(lines) if line.startswith("CPU per operation"))
+    tls_at = next(i for i, line in enumerate(lines) if line.startswith("TLS (mTLS"))
     for clients in ("1", "16", "64"):
         rates = [line for line in lines[:cpu_at] if line.split()[:1] == [clients]]
-        cpu = [line for line in lines[cpu_at:] if line.split()[:1] == [clients]]
+        cpu = [line for line in lines[cpu_at:tls_at] if line.split()[:1] == [clients]]
+        tls = [line for line in lines[tls_at:] if line.split()[:1] == [clients]]
         assert len(rates) == 1 and rates[0].count("/s") == 3, out
         assert len(cpu) == 1 and "ipam" in cpu[0] and "etcd" in cpu[0] and "server" in cpu[0], out
+        assert len(tls) == 1 and tls[0].count("/s") == 2, out
 
 
 @pytest.mark.slow
