@@ -10,6 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+# The CLI says what went wrong in one line of its own; grpc's C core would
+# otherwise log each failed TLS handshake to stderr as well.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import grpc
 import yaml
 from google.protobuf.message import Message

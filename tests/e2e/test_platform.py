@@ -50,7 +50,8 @@ class Tenant:
         self.stack, self.name, self.token_file = stack, name, token_file
 
     def pi(self, *args: str, check: bool = True) -> str:
-        env = {**os.environ, "PINET_API": self.stack.api, "PINET_TOKEN_FILE": str(self.token_file)}
+        env = {**os.environ, "PINET_API": self.stack.api, "PINET_TOKEN_FILE": str(self.token_file),
+               "PINET_CA": str(self.stack.pki / "ca.crt")}  # fmt: skip
         env.pop("PINET_TOKEN", None)
         out = subprocess.run(
             [os.path.join(ROOT, ".venv/bin/pi"), *args], capture_output=True, text=True, env=env, timeout=60,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from pinet.pki.identity import Identity
 from pinet.runtime.tls import Tls, TlsFiles, aio_channel
 from tests.helpers import tls
 from tests.helpers.cloud import Cloud, running_cloud
-from tests.helpers.procs import ServiceProcess
+from tests.helpers.procs import ROOT, ServiceProcess
 
 pytestmark = pytest.mark.netns
 
@@ -203,7 +205,7 @@ def serial_served(address: str) -> int:
     return int(x509.load_der_x509_certificate(der).serial_number)
 
 
-async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud) -> None:
+async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud, etcd_server: EtcdServer) -> None:
     tenant = await cloud.tenant("rotation")
     before = await asyncio.to_thread(serial_served, cloud.ipam.address)
     failures: list[BaseException] = []
@@ -224,12 +226,14 @@ async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud) -> 
     workers = [asyncio.create_task(load()) for _ in range(4)]
     try:
         await asyncio.sleep(1)
-        identities = [proc.identity for proc in services(cloud)] + [tls.ADMIN, tls.MONITOR]
+        identities = [proc.identity for proc in services(cloud)] + [tls.ADMIN, tls.MONITOR, Identity("etcd")]
         await asyncio.to_thread(authority.ensure, tls.pki(), identities, (), (), True)
         await asyncio.sleep(1)
         # New connections, with the new certificates on both sides.
         for proc in services(cloud):
             assert await health(proc.channel()) == grpc.StatusCode.OK, proc.service
+        async with etcd_server.client(Identity("network")) as fresh:
+            assert await fresh.current_revision() > 0, "etcd takes its new certificate too"
         await asyncio.sleep(1)
     finally:
         stop.set()
@@ -239,3 +243,38 @@ async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud) -> 
     assert calls > 20 and not failures, f"{len(failures)} of {calls} calls failed: {failures[:3]}"
     for proc in services(cloud):
         assert proc.proc is not None and proc.proc.returncode is None, f"{proc.service} kept running"
+
+
+def pi(cloud: Cloud, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [os.path.join(ROOT, ".venv/bin/pi"), *argv], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PINET_API": cloud.network.address, "PINET_CA": str(tls.pki() / "ca.crt"), **env},
+    )  # fmt: skip
+
+
+async def test_pi_speaks_tls_only_and_every_mutating_call_is_audited(cloud: Cloud, other_ca: Rogue) -> None:
+    tenant = await cloud.tenant("audited")
+    me = await asyncio.to_thread(pi, cloud, "whoami", PINET_TOKEN=tenant.token)
+    assert me.returncode == 0, me.stderr
+    assert "tenant audited:" in me.stdout and "over TLS, server verified" in me.stdout
+    fip = await asyncio.to_thread(pi, cloud, "create", "fip", PINET_TOKEN=tenant.token)
+    assert fip.returncode == 0, fip.stderr
+    address = fip.stdout.split("/")[-1].strip()
+    wrong_ca = await asyncio.to_thread(
+        pi, cloud, "whoami", PINET_TOKEN=tenant.token, PINET_CA=str(other_ca.directory / "ca.crt")
+    )
+    assert wrong_ca.returncode == 1 and len(wrong_ca.stderr.strip().splitlines()) == 1
+    assert "TLS handshake" in wrong_ca.stderr, wrong_ca.stderr
+    plaintext = await asyncio.to_thread(pi, cloud, "--insecure", "--server", "192.0.2.1:7700", "whoami",
+                                        PINET_TOKEN=tenant.token)  # fmt: skip
+    assert plaintext.returncode == 1 and "in clear" in plaintext.stderr
+    forbidden = await asyncio.to_thread(pi, cloud, "admin", "token", "someone", PINET_TOKEN=tenant.token)
+    assert forbidden.returncode == 1 and "Forbidden" in forbidden.stderr
+    released = await asyncio.to_thread(pi, cloud, "delete", "fip", address, PINET_TOKEN=tenant.token)
+    assert released.returncode == 0, released.stderr
+
+    log = cloud.network.log_path.read_text(errors="replace")
+    assert "audit tenant=audited admin=false call=AllocateFloatingIP" in log and "result=OK" in log
+    assert f"call=ReleaseFloatingIP object={address} result=OK" in log
+    assert "audit tenant=audited admin=false call=IssueToken object=someone result=PERMISSION_DENIED" in log
+    assert "call=WhoAmI" not in log, "reads are not audited"
