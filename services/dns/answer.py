@@ -5,9 +5,11 @@ Follows the Kubernetes DNS-Based Service Discovery specification:
 <svc>.<ns>.svc.<zone> A (cluster IP, or every endpoint when headless),
 <hostname>.<svc>.<ns>.svc.<zone> A, _<port>._<proto>.<svc>.<ns>.svc.<zone>
 SRV, PTR for service, endpoint and pod IPs, a-b-c-d.<ns>.pod.<zone> A,
-dns-version.<zone> TXT, ExternalName as CNAME; NXDOMAIN for names that do
-not exist and NODATA for names that exist with other types, both with the
-zone's SOA.
+dns-version.<zone> TXT, ExternalName as CNAME (followed into the zone, RFC
+1034 §4.3.2); NXDOMAIN for names that do not exist (a headless service
+with no ready endpoints among them, §2.4.1) and NODATA for names that exist
+with other types, both with the SOA of the zone that was asked (RFC 2308
+§3: the cluster zone, or the reverse zone of a network we answer for).
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from dnslib import CNAME, NS, PTR, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
+from dnslib import CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
 from pinet.services.dns.view import Service, TenantView
 
 SCHEMA_VERSION = "1.1.0"
+#: dns-version's TTL: the specification's example, and CoreDNS's.
+VERSION_TTL = 28800
+#: CNAMEs followed inside the zone before giving up (a chain this long is
+#: a loop or a mistake).
+CHAIN_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -40,12 +47,30 @@ class Result:
     in_zone: bool = True
 
 
-def soa(config: Config, serial: int) -> RR:
+def soa(config: Config, serial: int, owner: str = "") -> RR:
+    """The SOA of the cluster zone, or of the zone `owner` (a reverse zone)."""
     zone = config.zone + "."
     return RR(
-        zone, QTYPE.SOA, ttl=config.ttl,
+        owner or zone, QTYPE.SOA, ttl=config.ttl,
         rdata=SOA(f"ns.dns.{zone}", f"hostmaster.{zone}", (serial % 2**32, 7200, 1800, 86400, config.ttl)),
     )  # fmt: skip
+
+
+def reverse_zone(ip: str, config: Config) -> str:
+    """The in-addr.arpa zone pinet answers ip's PTR in: its network's
+    octets (10.244.0.0/16 -> 244.10.in-addr.arpa.)."""
+    for cidr in config.reverse_networks:
+        network = ipaddress.IPv4Network(cidr)
+        if ipaddress.IPv4Address(ip) in network:
+            octets = str(network.network_address).split(".")[: network.prefixlen // 8]
+            return ".".join(reversed(octets)) + ".in-addr.arpa."
+    return "in-addr.arpa."
+
+
+def zone_soa(labels: tuple[str, ...], config: Config, serial: int) -> RR:
+    """The SOA for a negative answer about the name with these labels."""
+    ip = _reverse_ip(labels, config)
+    return soa(config, serial, reverse_zone(ip, config)) if ip is not None else soa(config, serial)
 
 
 def in_zone(labels: tuple[str, ...], config: Config) -> bool:
@@ -84,7 +109,7 @@ def lookup(
         apex.rname = qname
         return Result(True, [RR(name, QTYPE.NS, ttl=ttl, rdata=NS(f"ns.dns.{config.zone}.")), apex], [])
     if rest == ("dns-version",):
-        return Result(True, [RR(name, QTYPE.TXT, ttl=ttl, rdata=TXT(SCHEMA_VERSION))], [])
+        return Result(True, [RR(name, QTYPE.TXT, ttl=VERSION_TTL, rdata=TXT(SCHEMA_VERSION))], [])
     if rest == ("ns", "dns") and dns_ip:
         return Result(True, [RR(name, QTYPE.A, ttl=ttl, rdata=A(dns_ip))], [])
     if rest[-1] == "svc":
@@ -98,19 +123,16 @@ def _service_names(name: str, rest: tuple[str, ...], view: TenantView, config: C
     ttl, zone = config.ttl, config.zone
     if len(rest) <= 1:  # svc.<zone> and <ns>.svc.<zone>: empty non-terminals
         return Result(len(rest) == 0 or rest[0] in view.namespaces, [], [])
+    svc = view.service(rest[-1], rest[-2])
+    if svc is None or (svc.headless and not svc.endpoints):
+        # A headless service with no ready endpoints has no name (§2.4.1).
+        return Result(False, [], [])
     if len(rest) == 2:
-        svc = view.service(rest[1], rest[0])
-        if svc is None:
-            return Result(False, [], [])
         return Result(True, _service_records(name, svc, ttl), [])
     if len(rest) == 4 and rest[0].startswith("_") and rest[1].startswith("_"):
-        svc = view.service(rest[3], rest[2])
-        if svc is None:
-            return Result(False, [], [])
         return _srv(name, svc, rest[0][1:], rest[1][1:], ttl, zone)
     if len(rest) == 3:
-        svc = view.service(rest[2], rest[1])
-        if svc is None or not svc.headless:
+        if not svc.headless:
             return Result(False, [], [])
         hits = [e for e in svc.endpoints if _endpoint_label(e.hostname, e.ip) == rest[0]]
         return Result(bool(hits), [RR(name, QTYPE.A, ttl=ttl, rdata=A(e.ip)) for e in hits], [])
@@ -171,3 +193,51 @@ def matching(records: list[RR], qtype: int) -> list[RR]:
         # A CNAME answers every type of its name.
         out = [r for r in records if r.rtype == QTYPE.CNAME]
     return out
+
+
+@dataclass
+class Answer:
+    """A query's whole answer in the zone, CNAMEs followed."""
+
+    rcode: int
+    answers: list[RR]
+    additional: list[RR]
+    authority: list[RR]
+    #: A CNAME target outside the zone, for the upstream to answer.
+    outside: str = ""
+
+
+def _labels(name: DNSLabel) -> tuple[str, ...]:
+    return tuple(part.decode(errors="replace").lower() for part in name.label)
+
+
+def resolve(
+    qname: DNSLabel, qtype: int, view: TenantView | None, config: Config, dns_ip: str = "", serial: int = 0
+) -> Answer:
+    """Look qname up and, where the answer is a CNAME to a name of the zone
+    and another type was asked, go on with its target (RFC 1034 §4.3.2):
+    the chain and the target's records in the answer, the rcode and SOA
+    those of the last name. A loop (or a chain over CHAIN_LIMIT) is
+    SERVFAIL."""
+    name, seen = qname, {_labels(qname)}
+    chain: list[RR] = []
+    while True:
+        labels = _labels(name)
+        result = lookup(name, qtype, view, config, dns_ip, serial)
+        if not result.exists:
+            return Answer(RCODE.NXDOMAIN, chain, [], [zone_soa(labels, config, serial)])
+        answers = matching(result.answers, qtype)
+        if not answers:
+            return Answer(RCODE.NOERROR, chain, [], [zone_soa(labels, config, serial)])
+        if answers[0].rtype != QTYPE.CNAME or qtype in (QTYPE.CNAME, QTYPE.ANY):
+            srv = any(rr.rtype == QTYPE.SRV for rr in answers)
+            return Answer(RCODE.NOERROR, chain + answers, result.additional if srv else [], [])
+        chain.append(answers[0])
+        target = DNSLabel(str(answers[0].rdata.label))
+        target_labels = _labels(target)
+        if target_labels in seen or len(chain) > CHAIN_LIMIT:
+            return Answer(RCODE.SERVFAIL, [], [], [])
+        seen.add(target_labels)
+        if not in_zone(target_labels, config):
+            return Answer(RCODE.NOERROR, chain, [], [], outside=str(target))
+        name = target

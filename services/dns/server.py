@@ -15,7 +15,7 @@ from dnslib import RCODE
 from prometheus_client import Counter
 
 from pinet.services.dns.answer import Config
-from pinet.services.dns.handler import error_reply, handle
+from pinet.services.dns.handler import Reply, chase_query, error_reply, handle, merge_chased
 from pinet.services.dns.view import View
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,10 @@ class DnsServer:
         self._cache_version = -1
         self.queries = 0
 
-    def answer(self, data: bytes, tenant: str, tcp: bool) -> tuple[bytes | None, bool]:
-        """Reply bytes (or None) and whether to forward upstream. Replies are
-        cached by the query's bytes after its ID (so the question's spelling
-        and EDNS options are part of the key) until the view changes."""
+    def answer(self, data: bytes, tenant: str, tcp: bool) -> Reply:
+        """The reply, or what to ask the upstream. Whole replies are cached
+        by the query's bytes after its ID (so the question's spelling and
+        EDNS options are part of the key) until the view changes."""
         self.queries += 1
         if self._cache_version != self.view.version or len(self._cache) > CACHE_SIZE:
             self._cache.clear()
@@ -71,13 +71,22 @@ class DnsServer:
         key = (tenant, tcp, data[2:])
         cached = self._cache.get(key)
         if cached is not None:
-            return data[:2] + cached, False
+            return Reply(data[:2] + cached)
         reply = handle(
             data, self.view.tenant(tenant), self.config, self.serial(), tcp, self.dns_ip(tenant), bool(self.upstream)
         )
-        if reply.data is not None and not reply.forward and len(data) >= 12:
+        if reply.data is not None and not reply.forward and not reply.chase and len(data) >= 12:
             self._cache[key] = reply.data[2:]
-        return reply.data, reply.forward
+        return reply
+
+    async def complete(self, data: bytes, reply: Reply, tcp: bool) -> bytes | None:
+        """The bytes to send for a reply that needs the upstream."""
+        if reply.forward:
+            return await self.forward(data)
+        if reply.chase and reply.data is not None:
+            chased = await self.forward(chase_query(reply.data, reply.chase))
+            return merge_chased(data, reply.data, chased, tcp)
+        return reply.data
 
     async def forward(self, data: bytes) -> bytes:
         host, _, port = self.upstream.rpartition(":")
@@ -110,20 +119,20 @@ class DnsServer:
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 self.transport = transport
 
-            async def relay(self, data: bytes, addr: tuple[str, int]) -> None:
-                reply = await server.forward(data)
-                if reply:
-                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+            async def relay(self, data: bytes, reply: Reply, addr: tuple[str, int]) -> None:
+                out = await server.complete(data, reply, tcp=False)
+                if out:
+                    self.transport.sendto(out, addr)  # type: ignore[attr-defined]
 
             def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
                 UDP_QUERIES.inc()
-                reply, forward = server.answer(data, tenant, tcp=False)
-                if forward:
-                    task = asyncio.ensure_future(self.relay(data, addr))
+                reply = server.answer(data, tenant, tcp=False)
+                if reply.forward or reply.chase:
+                    task = asyncio.ensure_future(self.relay(data, reply, addr))
                     server.relaying.add(task)
                     task.add_done_callback(server.relaying.discard)
-                elif reply is not None:
-                    self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+                elif reply.data is not None:
+                    self.transport.sendto(reply.data, addr)  # type: ignore[attr-defined]
 
         async def tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -131,12 +140,10 @@ class DnsServer:
                     head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
                     data = await asyncio.wait_for(reader.readexactly(struct.unpack("!H", head)[0]), TCP_IDLE)
                     TCP_QUERIES.inc()
-                    reply, forward = server.answer(data, tenant, tcp=True)
-                    if forward:
-                        reply = await server.forward(data)
-                    if reply is None:
+                    out = await server.complete(data, server.answer(data, tenant, tcp=True), tcp=True)
+                    if out is None:
                         break
-                    writer.write(struct.pack("!H", len(reply)) + reply)
+                    writer.write(struct.pack("!H", len(out)) + out)
                     await writer.drain()
             except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 pass

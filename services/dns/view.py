@@ -79,14 +79,16 @@ class TenantView:
         return svc
 
     def reverse(self, ip: str, zone: str) -> list[str]:
-        """PTR targets for ip: service IPs, headless endpoints with a
-        hostname, and pods (a-b-c-d.<ns>.pod.<zone>)."""
+        """PTR targets for ip: service IPs, every endpoint of a headless
+        service under its name there (its hostname, or the dashed IP that
+        names it when it has none: spec §2.4.3 with §2.1, as CoreDNS), and
+        pods (a-b-c-d.<ns>.pod.<zone>)."""
         names = [f"{s.name}.{s.namespace}.svc.{zone}." for s in self.services.values() if s.cluster_ip == ip]
+        dashed = ip.replace(".", "-")
         for (ns, name), endpoints in self.endpoints.items():
             svc = self.services.get((ns, name))
             if svc is not None and svc.headless:
-                names += [f"{e.hostname}.{name}.{ns}.svc.{zone}." for e in endpoints if e.ip == ip and e.hostname]
-        dashed = ip.replace(".", "-")
+                names += [f"{e.hostname or dashed}.{name}.{ns}.svc.{zone}." for e in endpoints if e.ip == ip]
         names += [f"{dashed}.{ns}.pod.{zone}." for ns in sorted(self.pod_ips.get(ip, ()))]
         return names
 

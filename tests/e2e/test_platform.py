@@ -129,8 +129,28 @@ async def test_two_tenants_walk_through_and_leave_nothing(stack: Stack, tmp_path
         resolved = await t.api("exec", pods[0], "--", "getent", "hosts", "test-loadbalancer")
         assert resolved.split()[0] == CLUSTER_IP, resolved
 
-    # Neither tenant reaches the other's pods, services or names.
+    # An ExternalName pointing at another Service of the zone: a pod's own
+    # resolver (glibc) gets the CNAME and its target's address in one answer.
     first, second = tenants
+    (tmp_path / "alias.yml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web-alias\nspec:\n  type: ExternalName\n"
+        "  externalName: test-loadbalancer.default.svc.cluster.local\n"
+    )
+    await first.api("create", "-f", str(tmp_path / "alias.yml"))
+    in_pod = setups[first.name][1][0]
+
+    async def alias_resolves() -> bool:
+        out = await first.api("exec", in_pod, "--", "getent", "hosts", "web-alias", check=False)
+        return out.split()[:1] == [CLUSTER_IP]
+
+    await eventually(alias_resolves, "getent hosts web-alias in a pod gives the target service's address")
+    page = await first.api(
+        "exec", in_pod, "--", "curl", "-sS", "--max-time", "3", "http://web-alias.default.svc.cluster.local:8080"
+    )  # fmt: skip
+    assert served_by(page) in setups[first.name][1], page
+    await first.api("delete", "service", "web-alias")
+
+    # Neither tenant reaches the other's pods, services or names.
     await second.api("expose", "deployment", "nginx", "--port", "80", "--name", "only-second")
     for src, other in ((first, second), (second, first)):
         theirs = setups[other.name][1]
