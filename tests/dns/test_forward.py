@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import dns.message
 import dns.query
@@ -10,6 +11,9 @@ import dns.rcode
 from dnslib import QTYPE, RR, A, DNSRecord
 
 from pinet.devstack.etcd import EtcdServer, free_port
+from pinet.etcd.client import Etcd
+from pinet.etcd.keyspace import SERVICES
+from pinet.network.v1 import objects_pb2
 from tests.helpers.procs import ServiceProcess
 
 
@@ -53,3 +57,35 @@ async def test_outside_names_are_forwarded(etcd_server: EtcdServer) -> None:
     finally:
         await proc.terminate()
         transport.close()
+
+
+async def test_an_external_name_outside_the_zone_is_completed_by_the_upstream(
+    etcd_server: EtcdServer, etcd: Etcd
+) -> None:
+    loop = asyncio.get_running_loop()
+    transport, upstream = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", 0))
+    tenant = f"fwd{uuid.uuid4().hex[:6]}"
+    svc = objects_pb2.Service()
+    svc.metadata.tenant, svc.metadata.namespace, svc.metadata.name = tenant, "default", "out"
+    svc.spec.type = objects_pb2.SERVICE_TYPE_EXTERNAL_NAME
+    svc.spec.external_name = "example.com"
+    await etcd.put(SERVICES.key(tenant, "default", "out"), SERVICES.encode(svc))
+    port = free_port()
+    proc = await ServiceProcess(
+        "dns", etcd_server.endpoint,
+        ["--dns-listen", f"127.0.0.1:{port}", "--dns-tenant", tenant,
+         "--upstream", f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"],
+    ).start()  # fmt: skip
+    try:
+        for tcp in (False, True):
+            query = dns.message.make_query("out.default.svc.cluster.local", "A")
+            send = dns.query.tcp if tcp else dns.query.udp
+            reply = await asyncio.to_thread(send, query, "127.0.0.1", 3, port)
+            assert dns.rcode.to_text(reply.rcode()) == "NOERROR"
+            answers = sorted(f"{r.name} {rd.to_text()}" for r in reply.answer for rd in r)
+            assert answers == ["example.com. 192.0.2.99", "out.default.svc.cluster.local. example.com."], answers
+        assert upstream.seen == ["example.com.", "example.com."]
+    finally:
+        await proc.terminate()
+        transport.close()
+        await etcd.delete(SERVICES.key(tenant, "default", "out"))
