@@ -61,14 +61,23 @@ class IpamApp(BaseApp):
         await rt.etcd.wait_ready(timeout=60)
         await self.cache.start()
         ranges = [r.strip() for r in rt.args.floating_ranges.split(",") if r.strip()]
-        if ranges and self.cache.pool(FLOATING_POOL) is None:
+        # ABORTED: another pool was created meanwhile (the network service
+        # making its tenants' pools as it starts); the check is made again.
+        for _ in range(50):
+            if not ranges or self.cache.pool(FLOATING_POOL) is not None:
+                break
             pool = ipam_pb2.Pool(name=FLOATING_POOL, kind=ipam_pb2.POOL_KIND_FLOATING, ranges=ranges)
             try:
                 await self.servicer._create_pool(pool)
                 log.info("created the floating-IP pool from %s", ",".join(ranges))
             except ApiError as exc:
-                if exc.code not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.ABORTED):
+                if exc.code == grpc.StatusCode.ALREADY_EXISTS:
+                    break
+                if exc.code != grpc.StatusCode.ABORTED:
                     raise
+                await self.cache.pools.wait_revision(await rt.etcd.current_revision(), timeout=10)
+        else:
+            raise RuntimeError("the floating-IP pool could not be created: pools kept changing")
         if rt.args.gc_interval > 0:
             gc = GarbageCollector(rt.etcd, self.cache, rt.args.owner_grace, rt.args.node_grace, rt.args.gc_interval)
             election = LeaderElection(rt.etcd, "ipam-gc", f"{rt.args.node_name}:{rt.bound_port}")

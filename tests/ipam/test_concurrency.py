@@ -13,6 +13,7 @@ import pytest
 
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd
+from pinet.etcd.keyspace import IPAM_POOLS
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from tests.helpers.procs import ServiceProcess
 from tests.ipam.checks import assert_consistent
@@ -143,3 +144,40 @@ async def test_etcd_restart_mid_run(make_etcd_server: Callable[[], EtcdServer], 
             await c.close(None)
         for p in procs:
             await p.terminate()
+
+
+async def test_the_floating_pool_is_made_while_other_pools_are_being_made(
+    make_etcd_server: Callable[[], EtcdServer],
+) -> None:
+    """The network service makes its tenants' pools as the ipam starts: the
+    ipam's own floating pool must not be lost to that race (an ABORTED
+    create was once taken as done)."""
+    server = make_etcd_server()
+    etcd = await server.client().connect()
+    stop = asyncio.Event()
+
+    async def make_pools() -> None:
+        n = 0
+        while not stop.is_set():
+            pool = ipam_pb2.Pool(name=f"busy{n}", tenant=f"busy{n}", kind=ipam_pb2.POOL_KIND_POD,
+                                 ranges=[f"10.{n % 200}.0.0/24"])  # fmt: skip
+            await etcd.put(IPAM_POOLS.key(pool.name), IPAM_POOLS.encode(pool))
+            n += 1
+            await asyncio.sleep(0.001)
+
+    writer = asyncio.create_task(make_pools())
+    procs = []
+    try:
+        for _ in range(3):
+            proc = await ServiceProcess("ipam", server.endpoint, ["--floating-ranges", "198.51.100.0/24",
+                                                                  "--gc-interval", "0"]).start()  # fmt: skip
+            procs.append(proc)
+            assert await etcd.get(IPAM_POOLS.key("floating")) is not None, "SERVING means the floating pool exists"
+            await proc.terminate()
+            await etcd.delete(IPAM_POOLS.key("floating"))
+    finally:
+        stop.set()
+        await writer
+        for proc in procs:
+            await proc.kill()
+        await etcd.close()
