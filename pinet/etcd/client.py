@@ -24,6 +24,8 @@ import aetcd
 import grpc
 from aetcd import rpc
 
+from pinet.runtime.tls import close_later
+
 if TYPE_CHECKING:
     from pinet.runtime.tls import Tls
 
@@ -333,6 +335,8 @@ class Etcd:
         self._lease: Any = None
         self._maintenance: Any = None
         self.auth: Any = None
+        # Channels replaced by reopen(), closing after a grace.
+        self._replaced: dict[asyncio.Future[None], grpc.aio.Channel] = {}
         self._txn_serialized: Any = None
 
     def _open_channel(self) -> grpc.aio.Channel:
@@ -343,7 +347,22 @@ class Etcd:
         return grpc.aio.secure_channel(self.target, self.tls.channel_credentials(), options=options)
 
     async def connect(self) -> Etcd:
-        self.channel = channel = self._open_channel()
+        self._use(self._open_channel())
+        return self
+
+    async def reopen(self) -> None:
+        """A new channel with the TLS files as they are now (after a
+        rotation); the old one closes after a grace, and its watches and
+        keep-alives resume on the new one, as after any broken stream."""
+        old = self.channel
+        self._use(self._open_channel())
+        if old is not None:
+            task = asyncio.ensure_future(close_later(old))
+            self._replaced[task] = old
+            task.add_done_callback(lambda t: self._replaced.pop(t, None))
+
+    def _use(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
         self._kv = rpc.KVStub(channel)
         # Txn taking an already serialized TxnRequest: lets the batcher frame
         # many serialized transactions into one request without rebuilding them.
@@ -354,9 +373,11 @@ class Etcd:
         self._maintenance = rpc.MaintenanceStub(channel)
         self._watch = rpc.WatchStub(channel)
         self.auth = rpc.AuthStub(channel)
-        return self
 
     async def close(self) -> None:
+        for task, old in list(self._replaced.items()):
+            task.cancel()
+            await old.close(None)
         if self.channel is not None:
             await self.channel.close(None)
             self.channel = None

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -29,7 +29,7 @@ from pinet.runtime.authz import Authorizer
 from pinet.runtime.config import EnvArgumentParser, add_common_arguments
 from pinet.runtime.logs import setup_logging
 from pinet.runtime.metrics import serve_metrics
-from pinet.runtime.tls import Tls, TlsConfigError, files_from_args
+from pinet.runtime.tls import Tls, TlsConfigError, files_from_args, follow_files
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,9 @@ class Runtime:
         #: Who this service is; tls is None with --insecure.
         self.identity = identity
         self.tls = tls
+        #: Long-lived clients to reopen when the TLS files change (etcd's
+        #: first; an app adds its own in setup).
+        self.reopeners: list[Callable[[], Awaitable[None]]] = [etcd.reopen]
         self.health = CountedHealthServicer()
         self.service_names: list[str] = []
         self.bound_port = 0
@@ -194,6 +197,8 @@ async def serve(app: App, args: argparse.Namespace) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics.rpartition(":")[0], metrics_port)
     await rt.set_serving(False)
     await server.start()
+    if tls is not None:
+        rt.spawn(follow_files(tls, rt.reopeners, args.tls_poll), "tls-files")
     log.info("%s listening on %s (port %d)", app.name, args.listen, rt.bound_port)
 
     stop = asyncio.Event()

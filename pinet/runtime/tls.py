@@ -8,17 +8,20 @@ with --insecure, which says so in the log.
 Servers reload their certificate, key and CA when the files change (grpc
 asks before every new connection's handshake; a stat of three files), so a
 rotation needs no restart. Connections already open keep the session they
-negotiated; clients read their files when they open a channel, and a
-rotated client certificate stays valid until it expires.
+negotiated. A channel's client credentials are fixed when it opens, so the
+runtime looks at the files every few seconds and, when they changed, each
+long-lived client (etcd, the network service's ipam client) opens a new
+channel: a reconnect after the old certificate expired would fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,10 @@ def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", default="", help="CA certificate file (default: <tls-dir>/ca.crt)")
     parser.add_argument("--tls-cert", default="", help="certificate file (default: <tls-dir>/<identity>.crt)")
     parser.add_argument("--tls-key", default="", help="private key file (default: <tls-dir>/<identity>.key)")
+    parser.add_argument(
+        "--tls-poll", type=float, default=5.0,
+        help="seconds between looks at the TLS files, to reopen client channels after a rotation",
+    )  # fmt: skip
     parser.add_argument(
         "--insecure",
         action="store_true",
@@ -97,6 +104,8 @@ class Tls:
         self.files = files
         self.identity = identity
         self._lock = threading.Lock()
+        #: Bumped whenever the files are taken again.
+        self.version = 0
         self._stamp = files.stamp()
         self._ca, self._cert, self._key = self._read()
         if not pair_matches(self._cert, self._key):
@@ -123,8 +132,14 @@ class Tls:
                 return False
             self._stamp = stamp
             self._ca, self._cert, self._key = ca, cert, key
+            self.version += 1
         log.info("reloaded TLS files of %s (%s)", self.identity, self.files.cert)
         return True
+
+    def refresh(self) -> int:
+        """Take the files again if they changed; returns the version."""
+        self._reload_if_changed()
+        return self.version
 
     def server_credentials(self, require_client_certificate: bool = True) -> grpc.ServerCredentials:
         """Credentials that take the files again when they change. With
@@ -172,3 +187,31 @@ def sync_channel(
     if tls is None:
         return grpc.insecure_channel(address, options=list(options))
     return grpc.secure_channel(address, tls.channel_credentials(), options=channel_options(peer, options))
+
+
+Reopen = Callable[[], Awaitable[None]]
+
+
+async def follow_files(tls: Tls, reopeners: list[Reopen], interval: float = 5.0) -> None:
+    """Every interval, whether the files changed; if so, every long-lived
+    client opens a new channel with them."""
+    seen = tls.version
+    while True:
+        await asyncio.sleep(interval)
+        version = await asyncio.to_thread(tls.refresh)
+        if version == seen:
+            continue
+        seen = version
+        log.info("TLS files of %s changed: reopening %d client channel(s)", tls.identity, len(reopeners))
+        for reopen in list(reopeners):
+            try:
+                await reopen()
+            except Exception as exc:  # a client that cannot reopen keeps its old channel
+                log.warning("reopening a client channel with the new TLS files failed: %r", exc)
+
+
+async def close_later(channel: grpc.aio.Channel, grace: float = 30.0) -> None:
+    """Close a replaced channel once calls in flight on it had time to end
+    (streams on it end then, and their owners resume on the new one)."""
+    await asyncio.sleep(grace)
+    await channel.close(None)

@@ -52,6 +52,7 @@ class NetworkApp(BaseApp):
     def setup(self, rt: Runtime) -> None:
         view = ClusterView(rt.etcd)
         ipam = IpamClient(rt.args.ipam, rt.tls)
+        rt.reopeners.append(ipam.reopen)
         self.deps = Deps(rt.etcd, view, ipam, Tenants(rt.etcd, view, ipam), TokenStore(rt.etcd))
         rt.add_servicer(
             "pinet.network.v1.AdminService",

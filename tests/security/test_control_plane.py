@@ -278,3 +278,56 @@ async def test_pi_speaks_tls_only_and_every_mutating_call_is_audited(cloud: Clou
     assert f"call=ReleaseFloatingIP object={address} result=OK" in log
     assert "audit tenant=audited admin=false call=IssueToken object=someone result=PERMISSION_DENIED" in log
     assert "call=WhoAmI" not in log, "reads are not audited"
+
+
+async def test_a_client_reconnects_with_its_rotated_certificate_after_the_old_one_expired(
+    cloud: Cloud, etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    """A network replica starts with a certificate that expires in 25 s and
+    is rotated at once. After the old one expired the ipam restarts, so the
+    replica must reconnect to ipam (and etcd) with the rotated files."""
+    ca = authority.Authority.load(tls.pki())
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    lifetime = 25
+    started = datetime.datetime.now(datetime.UTC)
+    start = started - datetime.timedelta(days=1) + datetime.timedelta(seconds=lifetime)
+    ca.issue_into(tmp_path, Identity("network"), days=1, not_before=start)
+    files = ["--tls-ca", str(tmp_path / "ca.crt"), "--tls-cert", str(tmp_path / "network.crt"),
+             "--tls-key", str(tmp_path / "network.key"), "--tls-poll", "1"]  # fmt: skip
+    state = tmp_path / "state"
+    replica = await ServiceProcess(
+        "network", etcd_server.endpoint, ["--ipam", cloud.ipam.address, "--bootstrap-dir", str(state), *files]
+    ).start()
+    try:
+        async with replica.channel() as channel:
+            stub = network_pb2_grpc.NetworkServiceStub(channel)
+            token = (state / "token").read_text().strip()
+            metadata = (("authorization", f"Bearer {token}"),)
+
+            async def round_trip() -> None:
+                fip = await stub.AllocateFloatingIP(
+                    network_pb2.AllocateFloatingIPRequest(), metadata=metadata, timeout=5
+                )
+                await stub.ReleaseFloatingIP(
+                    network_pb2.ReleaseFloatingIPRequest(address=fip.address), metadata=metadata, timeout=5
+                )
+
+            await round_trip()
+            ca.issue_into(tmp_path, Identity("network"))  # rotated: a year from now
+            expired_at = started + datetime.timedelta(seconds=lifetime + 1)
+            await asyncio.sleep(max(0.0, (expired_at - datetime.datetime.now(datetime.UTC)).total_seconds()))
+            await cloud.ipam.terminate()
+            await cloud.ipam.start()
+            failures = []
+            for _ in range(40):
+                try:
+                    await round_trip()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    failures.append(exc.details())
+                    await asyncio.sleep(0.25)
+            else:
+                raise AssertionError(f"the replica never reached the restarted ipam: {failures[-3:]}")
+        assert "reopening" in replica.log_path.read_text(errors="replace")
+    finally:
+        await replica.terminate()
