@@ -24,10 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd, EtcdError, EtcdUnavailable
-from pinet.etcd.keyspace import NODES, PODS, TOKENS
+from pinet.etcd.keyspace import NODES, POD_NETWORK, PODS, TOKENS
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.network.v1 import network_pb2, network_pb2_grpc
+from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.pki import authority
 from pinet.pki.identity import Identity
 from pinet.runtime.tls import Tls, TlsFiles, aio_channel
@@ -331,3 +331,27 @@ async def test_a_client_reconnects_with_its_rotated_certificate_after_the_old_on
         assert "reopening" in replica.log_path.read_text(errors="replace")
     finally:
         await replica.terminate()
+
+
+async def test_an_agent_speaks_only_for_its_own_nodes_pods(cloud: Cloud, etcd_server: EtcdServer) -> None:
+    """netagent/host-1 may write reports under its own node only, and a
+    report it writes there about host-2's pod is not taken."""
+    h1, h2 = cloud.hosts.host(1), cloud.hosts.host(2)
+    t = await cloud.tenant("reports")
+    victim = await cloud.run_pod(t, "victim", h2)
+    forged = objects_pb2.Pod()
+    forged.metadata.tenant, forged.metadata.namespace, forged.metadata.name = "reports", "default", "victim"
+    forged.metadata.uid = victim.metadata.uid
+    forged.spec.node_name = h1
+    forged.status.network_ready, forged.status.message = False, "forged by host-1"
+    async with etcd_server.client(Identity("netagent", h1)) as agent:
+        with pytest.raises(EtcdError, match="permission denied"):
+            await agent.put(POD_NETWORK.key(h2, victim.metadata.uid), POD_NETWORK.encode(forged))
+        await agent.put(POD_NETWORK.key(h1, victim.metadata.uid), POD_NETWORK.encode(forged))
+        try:
+            await asyncio.sleep(2)
+            pod = await t.call("GetPod", network_pb2.ObjectRef(name="victim"))
+            assert pod.status.network_ready and pod.status.message != "forged by host-1", pod.status
+        finally:
+            await agent.delete(POD_NETWORK.key(h1, victim.metadata.uid))
+    await t.call("DeletePod", network_pb2.ObjectRef(name="victim"))
