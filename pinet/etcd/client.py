@@ -97,6 +97,16 @@ def _etcd_call(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+def _raise_if_channel_closed() -> None:
+    """grpc.aio ends a stream whose channel is closed (a channel replaced by
+    reopen()) with CancelledError, as if its task were cancelled. When the
+    task is not being cancelled, that is a broken stream: EtcdUnavailable,
+    which its owner resumes from."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 0:
+        raise EtcdUnavailable("the etcd channel was closed (reopened with new TLS files); resume")
+
+
 def prefix_end(prefix: bytes) -> bytes:
     """The range end that selects every key starting with prefix."""
     end = bytearray(prefix)
@@ -547,6 +557,9 @@ class Etcd:
                 yield int(resp.TTL)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
+        except asyncio.CancelledError:
+            _raise_if_channel_closed()
+            raise
         finally:
             call.cancel()
 
@@ -608,6 +621,9 @@ class Etcd:
             raise EtcdUnavailable("etcd closed the watch stream")
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from exc
+        except asyncio.CancelledError:
+            _raise_if_channel_closed()
+            raise
         finally:
             stop.set()
             call.cancel()

@@ -100,7 +100,8 @@ def decide(
 ) -> tuple[grpc.StatusCode, str] | None:
     """None when the call may go on; otherwise the status to refuse it with."""
     if rule is None:
-        return grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any caller (no rule in the policy)"
+        who = caller or "a caller without a certificate"
+        return grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {method}: no rule in the policy opens it"
     if rule.anyone:
         return None
     if caller is None:

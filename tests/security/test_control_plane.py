@@ -314,6 +314,7 @@ async def test_a_client_reconnects_with_its_rotated_certificate_after_the_old_on
 
             await round_trip()
             ca.issue_into(tmp_path, Identity("network"))  # rotated: a year from now
+            rotated = asyncio.get_running_loop().time()
             expired_at = started + datetime.timedelta(seconds=lifetime + 1)
             await asyncio.sleep(max(0.0, (expired_at - datetime.datetime.now(datetime.UTC)).total_seconds()))
             await cloud.ipam.terminate()
@@ -328,6 +329,14 @@ async def test_a_client_reconnects_with_its_rotated_certificate_after_the_old_on
                     await asyncio.sleep(0.25)
             else:
                 raise AssertionError(f"the replica never reached the restarted ipam: {failures[-3:]}")
+            # The replaced channels close 30 s after the reopen; the watches
+            # that ran on them resume on the new ones (a token issued waits
+            # for the replica's token informer to see it).
+            await asyncio.sleep(max(0.0, rotated + 33 - asyncio.get_running_loop().time()))
+            admin = network_pb2_grpc.AdminServiceStub(channel)
+            admin_md = (("authorization", f"Bearer {(state / 'admin-token').read_text().strip()}"),)
+            await admin.IssueToken(network_pb2.IssueTokenRequest(tenant="after-grace"), metadata=admin_md, timeout=15)
+            await round_trip()
         assert "reopening" in replica.log_path.read_text(errors="replace")
     finally:
         await replica.terminate()
