@@ -24,7 +24,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from pinet.runtime.tls import close_later
+from pinet.runtime.tls import RetiredChannels
 
 if TYPE_CHECKING:
     from pinet.runtime.tls import Tls
@@ -345,8 +345,7 @@ class Etcd:
         self._lease: Any = None
         self._maintenance: Any = None
         self.auth: Any = None
-        # Channels replaced by reopen(), closing after a grace.
-        self._replaced: dict[asyncio.Future[None], grpc.aio.Channel] = {}
+        self._retired = RetiredChannels()
         self._txn_serialized: Any = None
 
     def _open_channel(self) -> grpc.aio.Channel:
@@ -367,9 +366,7 @@ class Etcd:
         old = self.channel
         self._use(self._open_channel())
         if old is not None:
-            task = asyncio.ensure_future(close_later(old))
-            self._replaced[task] = old
-            task.add_done_callback(lambda t: self._replaced.pop(t, None))
+            self._retired.retire(old)
 
     def _use(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
@@ -385,9 +382,7 @@ class Etcd:
         self.auth = rpc.AuthStub(channel)
 
     async def close(self) -> None:
-        for task, old in list(self._replaced.items()):
-            task.cancel()
-            await old.close(None)
+        await self._retired.close_now()
         if self.channel is not None:
             await self.channel.close(None)
             self.channel = None

@@ -163,8 +163,6 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _refusal(
         self, context: grpc.aio.ServicerContext[Any, Any], rule: Rule | None, method: str
     ) -> tuple[grpc.StatusCode, str] | None:
-        if rule is not None and rule.anyone:
-            return None
         refusal = decide(rule, peer_identity(context, self.server_node), self.server_node, method)
         if refusal is not None:
             REFUSED.labels(method, refusal[0].name).inc()
@@ -172,44 +170,38 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return refusal
 
     def _wrap(self, handler: Any, method: str, rule: Rule | None) -> Any:
-        refusal = self._refusal
+        """The handler with the policy's check before it (as is for rules
+        open to anyone). Two shapes of behaviour, each for a request or a
+        request stream: one that returns, one that yields."""
         if rule is not None and rule.anyone:
             return handler
-        ser, de = handler.response_serializer, handler.request_deserializer
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
+        refusal = self._refusal
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        def returning(inner: Behaviour) -> Behaviour:
+            async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 if (denied := refusal(context, rule, method)) is not None:
                     await context.abort(*denied)
-                return await inner_uu(request, context)
+                return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, de, ser)
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
+            return checked
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        def yielding(inner: Behaviour) -> Behaviour:
+            async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 if (denied := refusal(context, rule, method)) is not None:
                     await context.abort(*denied)
-                async for item in inner_us(request, context):
+                async for item in inner(request, context):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, de, ser)
-        if handler.stream_unary is not None:
-            inner_su = handler.stream_unary
+            return checked
 
-            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                if (denied := refusal(context, rule, method)) is not None:
-                    await context.abort(*denied)
-                return await inner_su(requests, context)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, de, ser)
-        inner_ss = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            if (denied := refusal(context, rule, method)) is not None:
-                await context.abort(*denied)
-            async for item in inner_ss(requests, context):
-                yield item
-
-        return grpc.stream_stream_rpc_method_handler(stream_stream, de, ser)
+        kinds = (
+            ("unary_unary", returning, grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", yielding, grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", returning, grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", yielding, grpc.stream_stream_rpc_method_handler),
+        )
+        for kind, guard, make in kinds:
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return make(guard(inner), handler.request_deserializer, handler.response_serializer)
+        return handler

@@ -157,11 +157,6 @@ class Tls:
         self._reload_if_changed()
         return grpc.ssl_channel_credentials(self._ca, self._key, self._cert)
 
-    def pem(self) -> tuple[bytes, bytes, bytes]:
-        """(ca, cert, key) as last read."""
-        self._reload_if_changed()
-        return self._ca, self._cert, self._key
-
 
 def channel_options(peer: Identity | None, options: Sequence[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
     """Verify the server as the identity it must be, whatever address it
@@ -210,8 +205,25 @@ async def follow_files(tls: Tls, reopeners: list[Reopen], interval: float = 5.0)
                 log.warning("reopening a client channel with the new TLS files failed: %r", exc)
 
 
-async def close_later(channel: grpc.aio.Channel, grace: float = 30.0) -> None:
-    """Close a replaced channel once calls in flight on it had time to end
-    (streams on it end then, and their owners resume on the new one)."""
-    await asyncio.sleep(grace)
-    await channel.close(None)
+class RetiredChannels:
+    """Channels a client replaced (reopen after a rotation), closed once the
+    calls in flight on them had time to end; streams on them end then, and
+    their owners resume on the new channel."""
+
+    def __init__(self, grace: float = 30.0) -> None:
+        self.grace = grace
+        self._closing: dict[asyncio.Future[None], grpc.aio.Channel] = {}
+
+    def retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.ensure_future(self._close_later(channel))
+        self._closing[task] = channel
+        task.add_done_callback(lambda t: self._closing.pop(t, None))
+
+    async def _close_later(self, channel: grpc.aio.Channel) -> None:
+        await asyncio.sleep(self.grace)
+        await channel.close(None)
+
+    async def close_now(self) -> None:
+        for task, channel in list(self._closing.items()):
+            task.cancel()
+            await channel.close(None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -10,7 +9,7 @@ import grpc
 from pinet.errors import ApiError
 from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.pki.identity import Identity
-from pinet.runtime.tls import Tls, aio_channel, close_later
+from pinet.runtime.tls import RetiredChannels, Tls, aio_channel
 
 if TYPE_CHECKING:
     from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
@@ -22,20 +21,16 @@ class IpamClient:
         self.tls = tls
         self.channel = aio_channel(tls, address, Identity("ipam"))
         self.stub: IpamServiceAsyncStub = ipam_pb2_grpc.IpamServiceStub(self.channel)
-        self._replaced: set[asyncio.Future[None]] = set()
+        self._retired = RetiredChannels()
 
     async def reopen(self) -> None:
         """A new channel with the TLS files as they are now (a rotation)."""
-        old = self.channel
+        self._retired.retire(self.channel)
         self.channel = aio_channel(self.tls, self.address, Identity("ipam"))
         self.stub = ipam_pb2_grpc.IpamServiceStub(self.channel)
-        task = asyncio.ensure_future(close_later(old))
-        self._replaced.add(task)
-        task.add_done_callback(self._replaced.discard)
 
     async def close(self) -> None:
-        for task in list(self._replaced):
-            task.cancel()
+        await self._retired.close_now()
         await self.channel.close(None)
 
     async def call(self, method: str, request: Any, field: str = "") -> Any:
