@@ -52,7 +52,7 @@ async def start_service(
     if module == "netagent" and "--cni-socket" not in extra:
         tls += ["--cni-socket", ""]  # the benchmarks attach over gRPC, and may run two agents
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", f"pinet.services.{module}", "--etcd", endpoint, "--listen", address,
+        sys.executable, "-m", f"services.{module}", "--etcd", endpoint, "--listen", address,
         "--log-level", "warning", *tls, *extra,
     )  # fmt: skip
     probe = None if pki is None else Tls(TlsFiles.in_directory(pki, Identity("monitor")), Identity("monitor"))

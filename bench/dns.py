@@ -20,10 +20,10 @@ import dns.message
 import dns.query
 
 from bench.common import throwaway_etcd
+from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import free_port
 from pinet.etcd.client import Etcd, op_put
 from pinet.etcd.keyspace import SERVICES
-from pinet.network.v1 import objects_pb2
 from pinet.runtime.probe import wait_serving
 
 ZONE = "cluster.local"
@@ -88,7 +88,7 @@ async def main(count: int, seconds: int, samples: int) -> None:
             await etcd.txn([], ops)
         dns_port, grpc_address = free_port(), f"127.0.0.1:{free_port()}"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pinet.services.dns", "--etcd", server.endpoint, "--listen", grpc_address,
+            sys.executable, "-m", "services.dns", "--etcd", server.endpoint, "--listen", grpc_address,
             "--dns-listen", f"127.0.0.1:{dns_port}", "--dns-tenant", "default", "--log-level", "warning",
         )  # fmt: skip
         unbound_port = free_port()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import grpc
 
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.etcd import free_port
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

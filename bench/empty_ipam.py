@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import uvloop
 
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 
 RESPONSE = ipam_pb2.AllocateResponse(
     allocation=ipam_pb2.Allocation(

@@ -13,12 +13,12 @@ from pathlib import Path
 import grpc
 
 from bench.common import start_service, throwaway_etcd
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS, PODS
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
-from pinet.nodes import NodeRegistration
-from pinet.podstatus import set_network_ready
-from pinet.store import update
+from pinet.objects.podnetwork import set_network_ready
+from pinet.objects.store import update
+from services.netagent.registration import NodeRegistration
 
 
 async def main(services: int, samples: int) -> None:

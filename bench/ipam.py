@@ -38,14 +38,14 @@ from bench.common import (
     start_service,
     throwaway_etcd,
 )
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.devstack.etcd import free_port
 from pinet.etcd.client import Etcd
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.pki.identity import Identity
 from pinet.runtime.tls import Tls, TlsFiles, aio_channel
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 CONCURRENCY = (1, 16, 64)
 

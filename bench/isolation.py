@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 import grpc
 
 from bench.common import start_service, throwaway_etcd
+from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.hosts import SimulatedHosts
-from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.netns import entered
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
+from pinet.hostnet.netns import entered
 
 if TYPE_CHECKING:
-    from pinet.network.v1.network_pb2_grpc import NetworkServiceAsyncStub as Api
+    from pinet.api.network.v1.network_pb2_grpc import NetworkServiceAsyncStub as Api
 
 SERVER = r"""
 import socket, sys, threading

@@ -23,9 +23,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pinet.netns import list_netns
-from pinet.services.lb.backend import NftablesBackend
-from pinet.services.lb.model import Frontend, RealServer, RouterLb, VirtualService
+from pinet.hostnet.netns import list_netns
+from services.lb.backend import NftablesBackend
+from services.lb.model import Frontend, RealServer, RouterLb, VirtualService
 
 ROUTER = "pinet-blb-r"
 PODS = {"pinet-blb-e1": "10.244.0.11", "pinet-blb-e2": "10.244.0.12", "pinet-blb-c": "10.244.0.21"}

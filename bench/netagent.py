@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 
 from bench.common import start_service, throwaway_etcd
+from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.hosts import SimulatedHosts
-from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 
 
 def rss_mib(pid: int) -> float:

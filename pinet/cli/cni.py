@@ -112,7 +112,7 @@ def run(command: str, stdin: str) -> dict[str, Any] | None:
 
     import grpc
 
-    from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+    from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 
     ref = netagent_pb2.PodRef(tenant=tenant, namespace=namespace, name=name)
     socket_path = str(config.get("socket", DEFAULT_SOCKET))

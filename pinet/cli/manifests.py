@@ -16,8 +16,8 @@ import yaml
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
 
 KINDS = {"Pod": "v1", "Service": "v1", "Deployment": "apps/v1"}
 

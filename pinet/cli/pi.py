@@ -18,9 +18,9 @@ import grpc
 import yaml
 from google.protobuf.message import Message
 
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.cli import manifests, tables
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 
 DEFAULT_API = "127.0.0.1:7700"
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0 if args else 2)
     command, rest = args[0], args[1:]
     if command in SERVICES:
-        app_module = importlib.import_module(f"pinet.services.{command}.app")
+        app_module = importlib.import_module(f"services.{command}.app")
         from pinet.runtime.service import run
 
         sys.exit(run(app_module.app_factory(), rest))

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.cli.manifests import POD_PHASES, SERVICE_TYPES, timestamp
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
 
 NONE = "<none>"
 

@@ -51,7 +51,7 @@ class ServiceSpec:
         return [
             sys.executable,
             "-m",
-            f"pinet.services.{self.module}",
+            f"services.{self.module}",
             "--etcd",
             etcd,
             "--listen",

@@ -11,8 +11,8 @@ from typing import Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from pinet.ipam.v1 import ipam_pb2
-from pinet.network.v1 import objects_pb2
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 
 ROOT = "/pinet/v1/"
 

@@ -1,6 +1,6 @@
 """Prometheus metrics: an HTTP /metrics endpoint and gRPC call metrics.
 
-Calls are counted by the servicer decorators (pinet.errors.unary/stream),
+Calls are counted by the servicer decorators (pinet.runtime.errors.unary/stream),
 which every pinet handler already passes through, rather than by a server
 interceptor: an interceptor adds a chain of coroutines to every call, and on
 a loaded ipam one more coroutine layer per call measured about 14 µs of its

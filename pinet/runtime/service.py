@@ -22,13 +22,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from pinet.errors import stream, unary
 from pinet.etcd.client import Etcd
 from pinet.pki.identity import Identity
 from pinet.runtime.authz import Authorizer
 from pinet.runtime.config import EnvArgumentParser, add_common_arguments
 from pinet.runtime.logs import setup_logging
 from pinet.runtime.metrics import serve_metrics
+from pinet.runtime.servicer import stream, unary
 from pinet.runtime.tls import Tls, TlsConfigError, files_from_args, follow_files
 
 log = logging.getLogger(__name__)

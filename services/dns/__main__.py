@@ -1,3 +1,3 @@
-from pinet.services.dns.app import main
+from services.dns.app import main
 
 main()

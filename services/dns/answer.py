@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dnslib import CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSLabel
 
-from pinet.services.dns.view import Service, TenantView
+from services.dns.view import Service, TenantView
 
 SCHEMA_VERSION = "1.1.0"
 #: dns-version's TTL: the specification's example, and CoreDNS's.

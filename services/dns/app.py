@@ -12,18 +12,19 @@ import argparse
 
 import grpc
 
-from pinet.dns.v1 import dns_pb2, dns_pb2_grpc
-from pinet.errors import invalid, unary
+from pinet.api.dns.v1 import dns_pb2, dns_pb2_grpc
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import ENDPOINTS, PODS, SERVICES, TENANTS
-from pinet.network.v1 import objects_pb2
 from pinet.runtime.config import split_hostport
+from pinet.runtime.errors import invalid
 from pinet.runtime.service import BaseApp, Runtime, main_for
-from pinet.services.dns.answer import Config
-from pinet.services.dns.handler import handle
-from pinet.services.dns.routers import RouterListeners
-from pinet.services.dns.server import DnsServer
-from pinet.services.dns.view import View
+from pinet.runtime.servicer import unary
+from services.dns.answer import Config
+from services.dns.handler import handle
+from services.dns.routers import RouterListeners
+from services.dns.server import DnsServer
+from services.dns.view import View
 
 
 class DnsServicer(dns_pb2_grpc.DnsServiceServicer):

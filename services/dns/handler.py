@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from dnslib import EDNS0, QTYPE, RCODE, RR, DNSRecord
 
-from pinet.services.dns.answer import Config, in_zone, resolve
-from pinet.services.dns.view import TenantView
+from services.dns.answer import Config, in_zone, resolve
+from services.dns.view import TenantView
 
 MIN_UDP = 512
 OUR_UDP = 1232  # the DNS flag day's safe size, advertised in our OPT

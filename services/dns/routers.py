@@ -10,9 +10,9 @@ import os
 import socket
 from collections.abc import Callable
 
-from pinet.netns import NETNS_RUN, setns
-from pinet.services.dns.server import DnsServer, Listener
-from pinet.services.netagent import names
+from pinet.hostnet.netns import NETNS_RUN, setns
+from services.dns.server import DnsServer, Listener
+from services.netagent import names
 
 log = logging.getLogger(__name__)
 

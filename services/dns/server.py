@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from dnslib import RCODE
 from prometheus_client import Counter
 
-from pinet.services.dns.answer import Config
-from pinet.services.dns.handler import Reply, chase_query, error_reply, handle, merge_chased
-from pinet.services.dns.view import View
+from services.dns.answer import Config
+from services.dns.handler import Reply, chase_query, error_reply, handle, merge_chased
+from services.dns.view import View
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,3 @@
-from pinet.services.ipam.app import main
+from services.ipam.app import main
 
 main()

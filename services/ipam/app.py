@@ -12,15 +12,15 @@ import logging
 
 import grpc
 
-from pinet.errors import ApiError
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.etcd.batch import TxnBatcher
 from pinet.etcd.lease import LeaderElection
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.runtime.errors import ApiError
 from pinet.runtime.service import BaseApp, Runtime, main_for
-from pinet.services.ipam.cache import PoolCache
-from pinet.services.ipam.gc import GarbageCollector
-from pinet.services.ipam.pools import FLOATING_POOL
-from pinet.services.ipam.server import IpamServicer
+from services.ipam.cache import PoolCache
+from services.ipam.gc import GarbageCollector
+from services.ipam.pools import FLOATING_POOL
+from services.ipam.server import IpamServicer
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import ipaddress
 import logging
 import socket
 
-from pinet.errors import ApiError
+from pinet.api.ipam.v1 import ipam_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.services.ipam.pools import PoolLayout
-from pinet.services.ipam.state import PoolState
+from pinet.runtime.errors import ApiError
+from services.ipam.pools import PoolLayout
+from services.ipam.state import PoolState
 
 log = logging.getLogger(__name__)
 

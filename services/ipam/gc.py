@@ -18,13 +18,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import IPAM_ADDRESSES, NODE_LEASES, PODS, SERVICES, TENANTS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.network.v1 import objects_pb2
-from pinet.services.ipam import store
-from pinet.services.ipam.cache import PoolCache
+from services.ipam import store
+from services.ipam.cache import PoolCache
 
 log = logging.getLogger(__name__)
 

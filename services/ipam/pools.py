@@ -16,8 +16,8 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pinet.errors import invalid
-from pinet.ipam.v1 import ipam_pb2
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.runtime.errors import invalid
 
 Interval = tuple[int, int]  # inclusive bounds
 

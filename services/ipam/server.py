@@ -8,7 +8,12 @@ from typing import Any
 
 import grpc
 
-from pinet.errors import (
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.etcd.batch import TxnBatcher
+from pinet.etcd.client import Etcd, key_missing, op_delete, op_put, prefix_empty, unchanged_since
+from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS, NODE_LEASES
+from pinet.objects.meta import stamp
+from pinet.runtime.errors import (
     ApiError,
     already_exists,
     exhausted,
@@ -17,17 +22,12 @@ from pinet.errors import (
     not_found,
     out_of_range,
     permission_denied,
-    unary,
 )
-from pinet.etcd.batch import TxnBatcher
-from pinet.etcd.client import Etcd, key_missing, op_delete, op_put, prefix_empty, unchanged_since
-from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS, NODE_LEASES
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from pinet.meta import stamp
-from pinet.services.ipam import store
-from pinet.services.ipam.cache import PoolCache
-from pinet.services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, network_pools, overlaps
-from pinet.services.ipam.state import PoolState
+from pinet.runtime.servicer import unary
+from services.ipam import store
+from services.ipam.cache import PoolCache
+from services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, network_pools, overlaps
+from services.ipam.state import PoolState
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

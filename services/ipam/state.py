@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from pinet.services.ipam.pools import PoolLayout
+from services.ipam.pools import PoolLayout
 
 
 class PoolState:

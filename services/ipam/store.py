@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from pinet.errors import ApiError, failed_precondition, permission_denied
+from pinet.api.ipam.v1 import ipam_pb2
 from pinet.etcd.batch import TxnBatcher
 from pinet.etcd.client import (
     Etcd,
@@ -22,7 +22,7 @@ from pinet.etcd.client import (
     prefix_empty,
 )
 from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_HANDLES
-from pinet.ipam.v1 import ipam_pb2
+from pinet.runtime.errors import ApiError, failed_precondition, permission_denied
 
 
 class Outcome(enum.Enum):

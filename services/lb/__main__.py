@@ -1,3 +1,3 @@
-from pinet.services.lb.app import main
+from services.lb.app import main
 
 main()

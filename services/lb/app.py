@@ -10,16 +10,17 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import invalid, unary
-from pinet.lb.v1 import lb_pb2, lb_pb2_grpc
-from pinet.netns import add_host_netns_argument, list_netns
-from pinet.netns import host_netns as host_netns_name
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.lb.v1 import lb_pb2, lb_pb2_grpc
+from pinet.hostnet.netns import add_host_netns_argument, list_netns
+from pinet.hostnet.netns import host_netns as host_netns_name
+from pinet.runtime.errors import invalid
 from pinet.runtime.service import BaseApp, Runtime, main_for
-from pinet.services.lb.backend import Backend, NftablesBackend
-from pinet.services.lb.controller import LoadBalancer
-from pinet.services.lb.host import HostForwarding
-from pinet.services.lb.model import Frontend, Scheduler, VirtualService
+from pinet.runtime.servicer import unary
+from services.lb.backend import Backend, NftablesBackend
+from services.lb.controller import LoadBalancer
+from services.lb.host import HostForwarding
+from services.lb.model import Frontend, Scheduler, VirtualService
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,7 +53,7 @@ def make_backend(choice: str) -> Backend:
     if choice == "auto":
         choice = "ipvs" if ipvs_available() else "nftables"
     if choice == "ipvs":
-        from pinet.services.lb.ipvs import IpvsBackend  # imports pyroute2's IPVS only where wanted
+        from services.lb.ipvs import IpvsBackend  # imports pyroute2's IPVS only where wanted
 
         backend: Backend = IpvsBackend()
         return backend

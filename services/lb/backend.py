@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from pinet.netns import KernelError, netns_identity
-from pinet.nftlib import Nft, element_key
-from pinet.services.lb import nftrules, router
-from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from pinet.services.netagent import names
+from pinet.hostnet.netns import KernelError, netns_identity
+from pinet.hostnet.nft import Nft, element_key
+from services.lb import nftrules, router
+from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
+from services.netagent import names
 
 
 class Backend(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pinet.services.lb.model import VsKey
+from services.lb.model import VsKey
 
 
 def forget_udp(netns: str, gone: list[tuple[VsKey, str]]) -> list[str]:

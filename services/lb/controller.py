@@ -15,16 +15,16 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
-from pinet.netns import KernelError, list_netns
-from pinet.network.v1 import objects_pb2
-from pinet.reconcile import Reconciler, run_with_resync
-from pinet.services.lb import conntrack
-from pinet.services.lb.backend import Backend
-from pinet.services.lb.host import HostForwarding
-from pinet.services.lb.model import (
+from pinet.hostnet.netns import KernelError, list_netns
+from pinet.runtime.reconcile import Reconciler, run_with_resync
+from services.lb import conntrack
+from services.lb.backend import Backend
+from services.lb.host import HostForwarding
+from services.lb.model import (
     NODE_PORT_TYPES,
     Desired,
     Inputs,

@@ -23,9 +23,9 @@ from typing import Any
 
 from pyroute2 import NetlinkError
 
-from pinet.netns import entered, open_netlink, run
-from pinet.nftlib import Nft, element_key
-from pinet.services.lb.model import HostLb
+from pinet.hostnet.netns import entered, open_netlink, run
+from pinet.hostnet.nft import Nft, element_key
+from services.lb.model import HostLb
 
 TABLE = "ip pinet-lb"
 FIP_ROUTE_PROTO = 0x72

@@ -19,12 +19,12 @@ from typing import Any
 
 from pyroute2 import IPVS, IPVSDest, IPVSService, NetlinkError
 
-from pinet.netns import KernelError, entered, netns_identity, write_sysctl
-from pinet.nftlib import Nft
-from pinet.services.lb import nftrules, router
-from pinet.services.lb.backend import read_layout
-from pinet.services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from pinet.services.netagent import names
+from pinet.hostnet.netns import KernelError, entered, netns_identity, write_sysctl
+from pinet.hostnet.nft import Nft
+from services.lb import nftrules, router
+from services.lb.backend import read_layout
+from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
+from services.netagent import names
 
 IP_VS_SVC_F_PERSISTENT = 0x1
 FWD_MASQ = 0

@@ -14,9 +14,9 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
-from pinet.services.netagent import names
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
+from services.netagent import names
 
 DEFAULT_AFFINITY_TIMEOUT = 10800
 

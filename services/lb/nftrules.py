@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pinet.services.lb.model import RealServer, RouterLb, Scheduler, VirtualService, VsKey
+from services.lb.model import RealServer, RouterLb, Scheduler, VirtualService, VsKey
 
 TABLE = "pinet-lb"
 FAMILY_TABLE = f"ip {TABLE}"

@@ -10,7 +10,7 @@ from typing import Any
 
 from pyroute2 import NetlinkError
 
-from pinet.netns import open_netlink, write_sysctl
+from pinet.hostnet.netns import open_netlink, write_sysctl
 
 RTN_LOCAL = 2
 RT_SCOPE_HOST = 254

@@ -1,3 +1,3 @@
-from pinet.services.netagent.app import main
+from services.netagent.app import main
 
 main()

@@ -17,18 +17,19 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import Counter
 
-from pinet.errors import failed_precondition, invalid, not_found, unary
+from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import NODES, PODS, TENANTS
-from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.netns import netns_path
-from pinet.network.v1 import objects_pb2
-from pinet.nodes import NodeRegistration
-from pinet.podstatus import NetworkReports
-from pinet.reconcile import Reconciler, run_with_resync
-from pinet.services.netagent import desired, isolation, names
-from pinet.services.netagent.kernel import Kernel
+from pinet.hostnet.netns import netns_path
+from pinet.objects.podnetwork import NetworkReports
+from pinet.runtime.errors import failed_precondition, invalid, not_found
+from pinet.runtime.reconcile import Reconciler, run_with_resync
+from pinet.runtime.servicer import unary
+from services.netagent import desired, isolation, names
+from services.netagent.kernel import Kernel
+from services.netagent.registration import NodeRegistration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import grpc
 
-from pinet.netagent.v1 import netagent_pb2_grpc
-from pinet.netns import add_host_netns_argument
-from pinet.netns import host_netns as host_netns_name
-from pinet.network.v1 import objects_pb2
-from pinet.nodes import NodeRegistration
+from pinet.api.netagent.v1 import netagent_pb2_grpc
+from pinet.api.network.v1 import objects_pb2
+from pinet.hostnet.netns import add_host_netns_argument
+from pinet.hostnet.netns import host_netns as host_netns_name
 from pinet.runtime.service import BaseApp, Runtime, main_for
-from pinet.services.netagent import isolation
-from pinet.services.netagent.agent import Agent, AgentServicer
-from pinet.services.netagent.kernel import Kernel
+from services.netagent import isolation
+from services.netagent.agent import Agent, AgentServicer
+from services.netagent.kernel import Kernel
+from services.netagent.registration import NodeRegistration
 
 log = logging.getLogger(__name__)
 

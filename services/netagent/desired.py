@@ -6,8 +6,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pinet.network.v1 import objects_pb2
-from pinet.services.netagent import isolation, names
+from pinet.api.network.v1 import objects_pb2
+from services.netagent import isolation, names
 
 # Pods the container runtime gives a namespace to (through CNI) carry this
 # annotation; the agent then waits for Attach instead of making one.

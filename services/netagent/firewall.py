@@ -16,10 +16,10 @@ import logging
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from pinet.netns import KernelError, netns_identity
-from pinet.nftlib import Generation, Nft, listing_digest
-from pinet.services.netagent import isolation
-from pinet.services.netagent.isolation import Base, Elements
+from pinet.hostnet.netns import KernelError, netns_identity
+from pinet.hostnet.nft import Generation, Nft, listing_digest
+from services.netagent import isolation
+from services.netagent.isolation import Base, Elements
 
 log = logging.getLogger(__name__)
 _NONE: frozenset[tuple[str, ...]] = frozenset()

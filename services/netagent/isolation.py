@@ -29,7 +29,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pinet.services.netagent import names
+from services.netagent import names
 
 HOST_TABLE = "ip pinet-host"
 ROUTER_TABLE = "ip pinet"

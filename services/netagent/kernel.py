@@ -18,7 +18,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
-from pinet.netns import (
+from pinet.hostnet.netns import (
     NETNS_RUN,
     KernelError,
     create_netns,
@@ -27,9 +27,9 @@ from pinet.netns import (
     remove_netns,
     write_sysctl,
 )
-from pinet.services.netagent import isolation, names
-from pinet.services.netagent.desired import PodWiring, RouterWiring
-from pinet.services.netagent.firewall import Firewall
+from services.netagent import isolation, names
+from services.netagent.desired import PodWiring, RouterWiring
+from services.netagent.firewall import Firewall
 
 log = logging.getLogger(__name__)
 

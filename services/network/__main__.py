@@ -1,3 +1,3 @@
-from pinet.services.network.app import main
+from services.network.app import main
 
 main()

@@ -8,17 +8,18 @@ from typing import Any
 
 import grpc
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import already_exists, invalid, not_found, stream, unary
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, IPAM_ADDRESSES, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
-from pinet.services.ipam.pools import FLOATING_POOL
-from pinet.services.network import fips_api, pods_api, selectors, services_api, validation, watch
-from pinet.services.network.auth import Caller
-from pinet.services.network.deps import Deps, namespace
-from pinet.services.network.listing import list_objects
-from pinet.store import get
+from pinet.objects.store import get
+from pinet.runtime.errors import already_exists, invalid, not_found
+from pinet.runtime.servicer import stream, unary
+from services.ipam.pools import FLOATING_POOL
+from services.network import fips_api, pods_api, selectors, services_api, validation, watch
+from services.network.auth import Caller
+from services.network.deps import Deps, namespace
+from services.network.listing import list_objects
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

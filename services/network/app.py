@@ -14,19 +14,19 @@ from pathlib import Path
 
 import grpc
 
-from pinet.errors import ApiError
+from pinet.api.network.v1 import network_pb2_grpc
 from pinet.etcd.keyspace import TOKENS
 from pinet.etcd.lease import LeaderElection
-from pinet.network.v1 import network_pb2_grpc
+from pinet.runtime.errors import ApiError
 from pinet.runtime.service import BaseApp, Runtime, main_for
-from pinet.services.network.api import AdminServicer, NetworkServicer
-from pinet.services.network.audit import audit_servicer
-from pinet.services.network.auth import TokenStore, token_hash
-from pinet.services.network.controllers import run_controllers
-from pinet.services.network.deps import Deps
-from pinet.services.network.ipam_client import IpamClient
-from pinet.services.network.tenants import Tenants
-from pinet.services.network.view import ClusterView
+from services.network.api import AdminServicer, NetworkServicer
+from services.network.audit import audit_servicer
+from services.network.auth import TokenStore, token_hash
+from services.network.controllers import run_controllers
+from services.network.deps import Deps
+from services.network.ipam_client import IpamClient
+from services.network.tenants import Tenants
+from services.network.view import ClusterView
 
 log = logging.getLogger(__name__)
 

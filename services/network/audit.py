@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from pinet.errors import ApiError
+from pinet.runtime.errors import ApiError
 
 log = logging.getLogger("pinet.audit")
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import grpc
 
-from pinet.errors import permission_denied, unauthenticated
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Informer
 from pinet.etcd.keyspace import TOKENS
-from pinet.meta import now
-from pinet.network.v1 import objects_pb2
+from pinet.objects.meta import now
+from pinet.runtime.errors import permission_denied, unauthenticated
 
 TOKEN_PREFIX = "pinet_"
 # Admins may act as a tenant by naming it in this metadata key.

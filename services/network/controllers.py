@@ -8,17 +8,17 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from pinet.errors import ApiError
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.informer import Event, EventType
 from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, NODE_LEASES, POD_NETWORK, PODS, SERVICES
-from pinet.meta import now
-from pinet.network.v1 import objects_pb2
-from pinet.podstatus import needs_copy, set_network_ready
-from pinet.reconcile import Reconciler
-from pinet.services.network import endpoints, pods_api
-from pinet.services.network.deps import Deps
-from pinet.services.network.selectors import map_matches
-from pinet.store import update
+from pinet.objects.meta import now
+from pinet.objects.podnetwork import needs_copy, set_network_ready
+from pinet.objects.store import update
+from pinet.runtime.errors import ApiError
+from pinet.runtime.reconcile import Reconciler
+from services.network import endpoints, pods_api
+from services.network.deps import Deps
+from services.network.selectors import map_matches
 
 log = logging.getLogger(__name__)
 

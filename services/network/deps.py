@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import invalid
+from pinet.api.common.v1 import meta_pb2
 from pinet.etcd.client import Etcd
-from pinet.services.ipam.pools import pod_pool_name, service_pool_name
-from pinet.services.network.auth import TokenStore
-from pinet.services.network.ipam_client import IpamClient
-from pinet.services.network.tenants import Tenants
-from pinet.services.network.view import ClusterView
+from pinet.runtime.errors import invalid
+from services.ipam.pools import pod_pool_name, service_pool_name
+from services.network.auth import TokenStore
+from services.network.ipam_client import IpamClient
+from services.network.tenants import Tenants
+from services.network.view import ClusterView
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 5000

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
-from pinet.services.network.selectors import map_matches
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
+from services.network.selectors import map_matches
 
 
 def target_port(port: objects_pb2.ServicePort, pod: objects_pb2.Pod) -> int | None:

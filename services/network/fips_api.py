@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import grpc
 
-from pinet.errors import ApiError, invalid, not_found
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.keyspace import FIP_BINDINGS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.meta import new_uid
-from pinet.network.v1 import objects_pb2
-from pinet.services.ipam.pools import FLOATING_POOL
-from pinet.services.network.deps import Deps
+from pinet.objects.meta import new_uid
+from pinet.runtime.errors import ApiError, invalid, not_found
+from services.ipam.pools import FLOATING_POOL
+from services.network.deps import Deps
 
 
 def _handle(request_id: str) -> str:

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from pinet.errors import ApiError
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.pki.identity import Identity
+from pinet.runtime.errors import ApiError
 from pinet.runtime.tls import RetiredChannels, Tls, aio_channel
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 
 class IpamClient:

@@ -8,12 +8,12 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import invalid
+from pinet.api.common.v1 import meta_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import Kind
-from pinet.services.network.deps import page_size
-from pinet.store import with_version
+from pinet.objects.store import with_version
+from pinet.runtime.errors import invalid
+from services.network.deps import page_size
 
 M = TypeVar("M", bound=Message)
 

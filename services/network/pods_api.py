@@ -6,17 +6,17 @@ import contextlib
 import secrets
 import string
 
-from pinet.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import mod_revision_is, op_delete
 from pinet.etcd.keyspace import DEPLOYMENTS, NODES, PODS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.meta import new_uid, now
-from pinet.network.v1 import objects_pb2
-from pinet.services.network import validation
-from pinet.services.network.deps import Deps, namespace, pod_pool
-from pinet.services.network.endpoints import pod_ready
-from pinet.services.network.scheduling import pick_node
-from pinet.store import get, update
+from pinet.objects.meta import new_uid, now
+from pinet.objects.store import get, update
+from pinet.runtime.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found
+from services.network import validation
+from services.network.deps import Deps, namespace, pod_pool
+from services.network.endpoints import pod_ready
+from services.network.scheduling import pick_node
 
 # Pods a deployment made carry this annotation: "<deployment name>/<uid>".
 CREATED_BY = "pinet.io/created-by-deployment"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from pinet.errors import failed_precondition
+from pinet.runtime.errors import failed_precondition
 
 
 def pick_node(ready_nodes: Iterable[str], pod_counts: Mapping[str, int]) -> str:

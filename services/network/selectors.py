@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pinet.errors import ApiError, invalid
-from pinet.services.network import validation
+from pinet.runtime.errors import ApiError, invalid
+from services.network import validation
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import key_missing, mod_revision_is, op_delete, op_put, unchanged_since
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_PORTS, SERVICES
-from pinet.ipam.v1 import ipam_pb2
-from pinet.meta import new_uid, now
-from pinet.network.v1 import objects_pb2
-from pinet.services.ipam.pools import FLOATING_POOL
-from pinet.services.ipam.store import address_key
-from pinet.services.network import validation
-from pinet.services.network.deps import Deps, namespace, service_pool
-from pinet.store import for_storage, get
+from pinet.objects.meta import new_uid, now
+from pinet.objects.store import for_storage, get
+from pinet.runtime.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found
+from services.ipam.pools import FLOATING_POOL
+from services.ipam.store import address_key
+from services.network import validation
+from services.network.deps import Deps, namespace, service_pool
 
 TCP = meta_pb2.PROTOCOL_TCP
 CLUSTER_IP = objects_pb2.SERVICE_TYPE_CLUSTER_IP

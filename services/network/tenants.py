@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from pinet.errors import ApiError, aborted, exhausted, failed_precondition, not_found
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd, key_missing, mod_revision_is, op_delete, op_put
 from pinet.etcd.keyspace import DEPLOYMENTS, PODS, SERVICES, TENANTS, VNIS
-from pinet.ipam.v1 import ipam_pb2
-from pinet.meta import now
-from pinet.network.v1 import objects_pb2
-from pinet.services.ipam.pools import (
+from pinet.objects.meta import now
+from pinet.runtime.errors import ApiError, aborted, exhausted, failed_precondition, not_found
+from services.ipam.pools import (
     DEFAULT_CIDR,
     DEFAULT_NETWORK,
     DEFAULT_SERVICE_CIDR,
@@ -23,12 +23,12 @@ from pinet.services.ipam.pools import (
     pod_pool_name,
     service_pool_name,
 )
-from pinet.services.network import validation
-from pinet.services.network.ipam_client import IpamClient
-from pinet.services.network.view import ClusterView
+from services.network import validation
+from services.network.ipam_client import IpamClient
+from services.network.view import ClusterView
 
 if TYPE_CHECKING:
-    from pinet.services.network.auth import TokenStore
+    from services.network.auth import TokenStore
 
 FIRST_VNI = 4096
 MAX_VNI = (1 << 24) - 1

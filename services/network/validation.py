@@ -10,9 +10,9 @@ import ipaddress
 import re
 from collections.abc import Mapping
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import ApiError, invalid
-from pinet.network.v1 import objects_pb2
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
+from pinet.runtime.errors import ApiError, invalid
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

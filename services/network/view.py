@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import (
@@ -18,7 +19,6 @@ from pinet.etcd.keyspace import (
     SERVICES,
     TENANTS,
 )
-from pinet.network.v1 import objects_pb2
 
 Scope = tuple[str, str]  # (tenant, namespace)
 

@@ -8,11 +8,11 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from pinet.common.v1 import meta_pb2
-from pinet.errors import out_of_range
+from pinet.api.common.v1 import meta_pb2
 from pinet.etcd.client import Compacted, Etcd
 from pinet.etcd.keyspace import Kind
-from pinet.store import with_version
+from pinet.objects.store import with_version
+from pinet.runtime.errors import out_of_range
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.cli import manifests
 from pinet.devstack.etcd import EtcdServer, free_port
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ServiceProcess
 from tests.network.conftest import Platform, Tenant

@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from pinet.network.v1 import network_pb2
+from pinet.api.network.v1 import network_pb2
 from tests.dns.conftest import DnsLab
 from tests.network.conftest import platform  # noqa: F401  (module fixture reused)
 

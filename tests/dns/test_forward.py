@@ -10,10 +10,10 @@ import dns.query
 import dns.rcode
 from dnslib import QTYPE, RR, A, DNSRecord
 
+from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import EtcdServer, free_port
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import SERVICES
-from pinet.network.v1 import objects_pb2
 from tests.helpers.procs import ServiceProcess
 
 

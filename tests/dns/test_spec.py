@@ -13,9 +13,9 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from pinet.services.dns.answer import Config
-from pinet.services.dns.handler import chase_query, handle, merge_chased
-from pinet.services.dns.view import Endpoint, Port, Service, TenantView
+from services.dns.answer import Config
+from services.dns.handler import chase_query, handle, merge_chased
+from services.dns.view import Endpoint, Port, Service, TenantView
 
 Z = "cluster.local"
 CONFIG = Config()

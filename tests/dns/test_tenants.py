@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.etcd import EtcdServer
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.dns.conftest import create_objects
 from tests.helpers.procs import ServiceProcess
 from tests.netagent.conftest import Cloud, cloud  # noqa: F401  (module fixture reused)

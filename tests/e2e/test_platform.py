@@ -25,7 +25,7 @@ from pinet.etcd.keyspace import (
     PODS,
     SERVICES,
 )
-from pinet.netns import list_netns
+from pinet.hostnet.netns import list_netns
 from tests.helpers.procs import ROOT
 from tests.helpers.stack import Stack, new_stack
 from tests.helpers.wait import eventually

@@ -29,7 +29,7 @@ def test_docker_compose_file_is_valid() -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_each_service_has_its_folder_and_entry_point(service: str) -> None:
     assert os.path.isfile(os.path.join(ROOT, "services", service, "__main__.py"))
-    module = importlib.import_module(f"pinet.services.{service}.app")
+    module = importlib.import_module(f"services.{service}.app")
     app = module.app_factory()
     assert app.name == service
 

@@ -9,9 +9,10 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.devstack.etcd import free_port
-from pinet.errors import not_found, unary
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.runtime.errors import not_found
+from pinet.runtime.servicer import unary
 
 SERVICE = "pinet.ipam.v1.IpamService"
 Context = grpc.aio.ServicerContext[Any, Any]

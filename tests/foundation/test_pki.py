@@ -10,17 +10,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from pinet.dns.v1 import dns_pb2
+from pinet.api.dns.v1 import dns_pb2
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.lb.v1 import lb_pb2
+from pinet.api.netagent.v1 import netagent_pb2
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.etcd.keyspace import NODES, POD_NETWORK, PODS, ROOT, TOKENS
 from pinet.etcd.rbac import grants_for, users
-from pinet.ipam.v1 import ipam_pb2
-from pinet.lb.v1 import lb_pb2
-from pinet.netagent.v1 import netagent_pb2
-from pinet.network.v1 import network_pb2, objects_pb2
 from pinet.pki import authority
 from pinet.pki.identity import Identity, IdentityError, cluster_identities
 from pinet.runtime.authz import POLICY, decide, rule_for
-from pinet.services.network.audit import is_mutating, object_of
+from services.network.audit import is_mutating, object_of
 
 
 def test_identities_name_role_and_node() -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import PODS
-from pinet.network.v1 import objects_pb2
-from pinet.nodes import NodeRegistration
-from pinet.podstatus import set_network_ready
+from pinet.objects.podnetwork import set_network_ready
+from services.netagent.registration import NodeRegistration
 
 
 class FakeWiringAgents:

@@ -14,9 +14,9 @@ from typing import Any
 
 import grpc
 
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.devstack.stack import cni_socket
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from tests.helpers.procs import ServiceProcess
 from tests.network.conftest import Tenant
 

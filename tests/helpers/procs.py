@@ -62,7 +62,7 @@ class ServiceProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            f"pinet.services.{self.service}",
+            f"services.{self.service}",
             "--etcd",
             self.etcd,
             "--listen",

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from tests.helpers.procs import ServiceProcess
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub
 
 NO_GC = ["--gc-interval", "0", "--floating-ranges", ""]
 

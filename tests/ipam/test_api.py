@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_HANDLES
-from pinet.ipam.v1 import ipam_pb2
-from pinet.network.v1 import objects_pb2
 from tests.ipam.conftest import ensure_network, pod_owner
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
 
 
 async def expect_error(code: grpc.StatusCode, call: object, *words: str) -> str:

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import IPAM_POOLS
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from tests.helpers.procs import ServiceProcess
 from tests.ipam.checks import assert_consistent
 from tests.ipam.conftest import NO_GC, ensure_network, pod_owner
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from pinet.api.ipam.v1 import ipam_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_HANDLES
-from pinet.ipam.v1 import ipam_pb2
-from pinet.services.ipam.pools import PoolLayout, network_pools
+from services.ipam.pools import PoolLayout, network_pools
 from tests.ipam.conftest import ensure_network, pod_owner
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
 WORKERS = 64
 
 

@@ -7,19 +7,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import NODE_LEASES, PODS
 from pinet.etcd.lease import Lease
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from pinet.network.v1 import objects_pb2
-from pinet.services.ipam.gc import Action, Facts, judge
+from services.ipam.gc import Action, Facts, judge
 from tests.helpers.procs import ServiceProcess
 from tests.helpers.wait import eventually
 from tests.ipam.conftest import ensure_network, pod_owner
 
 if TYPE_CHECKING:
-    from pinet.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
+    from pinet.api.ipam.v1.ipam_pb2_grpc import IpamServiceAsyncStub as Stub
 
 GC_FLAGS = ["--gc-interval", "0.5", "--node-grace", "2", "--owner-grace", "2", "--floating-ranges", ""]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from pinet.errors import ApiError
-from pinet.ipam.v1 import ipam_pb2
-from pinet.services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, merge, network_pools, subtract
-from pinet.services.ipam.state import PoolState
+from pinet.api.ipam.v1 import ipam_pb2
+from pinet.runtime.errors import ApiError
+from services.ipam.pools import PoolLayout, int_to_ip, ip_to_int, merge, network_pools, subtract
+from services.ipam.state import PoolState
 
 
 def ip(text: str) -> int:

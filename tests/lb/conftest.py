@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pinet.common.v1 import meta_pb2
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.etcd import EtcdServer
-from pinet.netns import list_netns
-from pinet.network.v1 import network_pb2, objects_pb2
+from pinet.hostnet.netns import list_netns
 from tests.helpers.cloud import Cloud, running_cloud
 from tests.helpers.traffic import many
 from tests.network.conftest import Tenant

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import EtcdServer
-from pinet.network.v1 import objects_pb2
 from tests.helpers.cloud import running_cloud
 from tests.helpers.traffic import serve
 from tests.helpers.wait import eventually

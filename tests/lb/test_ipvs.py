@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pinet.services.lb.ipvs import IpvsBackend
-from pinet.services.lb.model import Frontend, RealServer, RouterLb, VirtualService
+from services.lb.ipvs import IpvsBackend
+from services.lb.model import Frontend, RealServer, RouterLb, VirtualService
 from tests.helpers.traffic import CHATTER, ECHO, SERVER, many
 
 pytestmark = pytest.mark.ipvs

@@ -3,11 +3,11 @@ transaction between two layouts."""
 
 from __future__ import annotations
 
-from pinet.common.v1 import meta_pb2
-from pinet.network.v1 import objects_pb2
-from pinet.services.lb import host, nftrules
-from pinet.services.lb.model import Frontend, Inputs, RealServer, compute, owner
-from pinet.services.netagent import names
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import objects_pb2
+from services.lb import host, nftrules
+from services.lb.model import Frontend, Inputs, RealServer, compute, owner
+from services.netagent import names
 
 
 def tenant(name: str, vni: int) -> objects_pb2.Tenant:

@@ -8,8 +8,8 @@ import os
 import subprocess
 from typing import Any
 
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.stack import cni_socket
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.procs import ROOT
 from tests.netagent.conftest import Cloud
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pinet.services.netagent import isolation
-from pinet.services.netagent.firewall import Firewall
+from services.netagent import isolation
+from services.netagent.firewall import Firewall
 
 ROUTER = ("10.244.0.0/16", "10.244.0.1")
 PORT = ("pv0123456789ab", "02:70:0a:f4:00:0a", "10.244.0.10")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pinet.network.v1 import objects_pb2
-from pinet.services.netagent import desired, isolation, names
+from pinet.api.network.v1 import objects_pb2
+from services.netagent import desired, isolation, names
 
 
 def test_protected_ranges_always_include_the_platforms_and_merge_the_operators() -> None:

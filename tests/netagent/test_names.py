@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pinet.network.v1 import objects_pb2
-from pinet.services.netagent import desired, names
+from pinet.api.network.v1 import objects_pb2
+from services.netagent import desired, names
 
 
 def test_router_identity_is_per_host_and_outside_every_tenant_network() -> None:

@@ -10,9 +10,9 @@ import subprocess
 import sys
 import time
 
+from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.hosts import INTERNET_IP
-from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.traffic import CHATTER, ECHO, connect, serve
 from tests.netagent.conftest import Cloud
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
-from pinet.network.v1 import network_pb2, network_pb2_grpc
 from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ServiceProcess
 
 if TYPE_CHECKING:
-    from pinet.network.v1.network_pb2_grpc import AdminServiceAsyncStub, NetworkServiceAsyncStub
+    from pinet.api.network.v1.network_pb2_grpc import AdminServiceAsyncStub, NetworkServiceAsyncStub
 
 
 @dataclass

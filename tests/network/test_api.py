@@ -10,11 +10,11 @@ from typing import Any
 import grpc
 import pytest
 
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.cli import manifests
-from pinet.common.v1 import meta_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.network.conftest import Platform, Tenant
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pinet.network.v1 import network_pb2
+from pinet.api.network.v1 import network_pb2
 from tests.helpers import tls
 from tests.helpers.procs import ROOT
 from tests.lb.conftest import service

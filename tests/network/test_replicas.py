@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.keyspace import leader_key
-from pinet.network.v1 import network_pb2, network_pb2_grpc
 from tests.helpers.agent import FakeWiringAgents
 from tests.helpers.procs import ServiceProcess
 from tests.network.conftest import Tenant

@@ -7,10 +7,10 @@ import asyncio
 import grpc
 import pytest
 
-from pinet.common.v1 import meta_pb2
+from pinet.api.common.v1 import meta_pb2
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_POOLS, NODE_PORTS, VNIS
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.network.conftest import Platform, Tenant
 from tests.network.test_api import pod

@@ -6,10 +6,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.cli import manifests
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import DEPLOYMENTS, ENDPOINTS, IPAM_ADDRESSES, NODE_PORTS, PODS, SERVICES
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.agent import FakeWiringAgents
 from tests.network.conftest import Platform
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import INTERNET_IP
-from pinet.network.v1 import network_pb2, objects_pb2
 from tests.helpers.cloud import Cloud, running_cloud
 from tests.helpers.traffic import connect, serve
 from tests.helpers.wait import eventually

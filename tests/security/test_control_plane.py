@@ -22,12 +22,12 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
+from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.client import Etcd, EtcdError, EtcdUnavailable
 from pinet.etcd.keyspace import NODES, POD_NETWORK, PODS, TOKENS
-from pinet.ipam.v1 import ipam_pb2, ipam_pb2_grpc
-from pinet.netagent.v1 import netagent_pb2, netagent_pb2_grpc
-from pinet.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.pki import authority
 from pinet.pki.identity import Identity
 from pinet.runtime.tls import Tls, TlsFiles, aio_channel

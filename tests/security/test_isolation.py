@@ -9,7 +9,7 @@ import time
 import urllib.request
 
 from pinet.devstack.hosts import INTERNET_IP
-from pinet.services.netagent import isolation, names
+from services.netagent import isolation, names
 from tests.helpers.traffic import connect
 from tests.helpers.wait import eventually
 from tests.security.attacks import FLOOD, FORGE_VXLAN, RAW, probe, reached, run_in
