@@ -20,6 +20,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pinet.hostnet.command import run
+
 UNDERLAY_NET = "192.0.2"
 INTERNET_IP = f"{UNDERLAY_NET}.1"
 # Documentation ranges the dev stack and tests take floating IPs from.
@@ -27,10 +29,7 @@ FLOATING_POOLS = ("203.0.113.0/24", "198.51.100.0/24")
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=60)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {out.stderr.strip()}")
-    return out
+    return run(args, timeout=60, check=check)
 
 
 def netns_names() -> list[str]:
@@ -148,7 +147,4 @@ class SimulatedHosts:
     def exec(
         self, netns: str, *args: str, timeout: float = 30, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", netns, *args], input=stdin, capture_output=True, text=True, check=False,
-            timeout=timeout,
-        )  # fmt: skip
+        return run(args, netns=netns, stdin=stdin, timeout=timeout, check=False)

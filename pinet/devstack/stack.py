@@ -24,6 +24,7 @@ from typing import Any
 from pinet.devstack.demo import DemoError, Walkthrough
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import SimulatedHosts
+from pinet.hostnet.command import KernelError
 from pinet.pki import authority
 from pinet.pki.identity import Identity, cluster_identities
 from pinet.runtime.config import EnvArgumentParser
@@ -219,7 +220,7 @@ async def run_stack(args: argparse.Namespace) -> int:
         if args.expose:
             try:
                 routes = await asyncio.to_thread(lab.expose)
-            except RuntimeError as exc:
+            except KernelError as exc:
                 print(f"pinet stack: --expose failed: {exc}", file=sys.stderr, flush=True)
                 return 1
             print(f"--expose: added the route {', '.join(routes)} in this machine's namespace "

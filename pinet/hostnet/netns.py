@@ -12,19 +12,16 @@ import argparse
 import contextlib
 import ctypes
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from pinet.hostnet.command import KernelError, run
+
 NETNS_RUN = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-class KernelError(Exception):
-    pass
 
 
 def setns(fd: int) -> None:
@@ -98,13 +95,6 @@ def list_netns() -> set[str]:
         return set(os.listdir(NETNS_RUN))
     except FileNotFoundError:
         return set()
-
-
-def run(args: list[str], stdin: str | None = None) -> str:
-    out = subprocess.run(args, input=stdin, capture_output=True, text=True, check=False, timeout=30)
-    if out.returncode != 0:
-        raise KernelError(f"{' '.join(args[:4])}...: {out.stderr.strip()}")
-    return out.stdout
 
 
 def create_netns(name: str) -> None:

@@ -16,9 +16,14 @@ import json
 import os
 import socket
 import struct
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from pinet.hostnet.netns import KernelError, entered
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.netns import entered, netns_identity
+
+S = TypeVar("S")
 
 
 class _Lib:
@@ -164,3 +169,72 @@ def listing_digest(objects: list[dict[str, Any]]) -> str:
 
     text = json.dumps([strip(o) for o in objects], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+BASE_MARKER_PREFIX = "base-"
+
+
+@dataclass(frozen=True)
+class BaseRules:
+    """The fixed part of a ruleset (tables, sets, maps, chains and their
+    rules) as one script of idempotent adds and flushes, so applying it to a
+    live table keeps every set element; and the name of an empty chain, added
+    last, that carries the script's digest. Finding that chain in the kernel
+    says this very base is in place, without comparing rule by rule."""
+
+    marker: str
+    script: str
+
+
+def base_rules(body: Iterable[str], marker_table: str) -> BaseRules:
+    text = "\n".join(body)
+    marker = BASE_MARKER_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return BaseRules(marker, f"{text}\nadd chain {marker_table} {marker}\n")
+
+
+def is_base_marker(chain: str) -> bool:
+    return chain.startswith(BASE_MARKER_PREFIX)
+
+
+class PerNamespace(Generic[S]):
+    """State kept per network namespace (an nftables context, what was last
+    written there), made anew when a namespace of the same name was deleted
+    and made again: the old state describes a namespace that is gone.
+    "" is the caller's own namespace."""
+
+    def __init__(self, make: Callable[[str], S], close: Callable[[S], None]) -> None:
+        self._make = make
+        self._close = close
+        self._states: dict[str, tuple[int, S]] = {}
+
+    def get(self, netns: str) -> S:
+        """Raises KernelError (and forgets the state) when netns is gone."""
+        try:
+            identity = netns_identity(netns) if netns else 0
+        except KernelError:
+            self.forget(netns)
+            raise
+        known = self._states.get(netns)
+        if known is not None and known[0] == identity:
+            return known[1]
+        self.forget(netns)
+        state = self._make(netns)
+        self._states[netns] = (identity, state)
+        return state
+
+    def peek(self, netns: str) -> S | None:
+        """The state held, without asking the kernel whether it is current."""
+        known = self._states.get(netns)
+        return known[1] if known is not None else None
+
+    def forget(self, netns: str) -> None:
+        known = self._states.pop(netns, None)
+        if known is not None:
+            self._close(known[1])
+
+    def items(self) -> Iterator[tuple[str, S]]:
+        return ((netns, state) for netns, (_, state) in list(self._states.items()))
+
+    def close(self) -> None:
+        for netns in list(self._states):
+            self.forget(netns)

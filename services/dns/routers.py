@@ -10,9 +10,10 @@ import os
 import socket
 from collections.abc import Callable
 
-from pinet.hostnet.netns import NETNS_RUN, setns
+from pinet.hostnet import names
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.netns import NETNS_RUN, entered
 from services.dns.server import DnsServer, Listener
-from services.netagent import names
 
 log = logging.getLogger(__name__)
 
@@ -20,30 +21,21 @@ log = logging.getLogger(__name__)
 def sockets_in_netns(netns: str, address: str, port: int) -> tuple[socket.socket, socket.socket]:
     """A UDP and a TCP socket bound to address:port inside netns. The calling
     thread enters the namespace only while it creates them."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(str(NETNS_RUN / netns), os.O_RDONLY)
-    try:
-        setns(target)
+    with entered(netns):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                udp.bind((address, port))
-                tcp.bind((address, port))
-                tcp.listen(128)
-                udp.setblocking(False)
-                tcp.setblocking(False)
-            except OSError:
-                udp.close()
-                tcp.close()
-                raise
-            return udp, tcp
-        finally:
-            setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            udp.bind((address, port))
+            tcp.bind((address, port))
+            tcp.listen(128)
+            udp.setblocking(False)
+            tcp.setblocking(False)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        return udp, tcp
 
 
 class RouterListeners:
@@ -67,10 +59,10 @@ class RouterListeners:
         except FileNotFoundError:
             return found
         for host in self.hosts:
-            prefix = names.netns_prefix(host) + "r"
             for name in present:
-                if name.startswith(prefix) and name[len(prefix) :].isdigit():
-                    found[name] = int(name[len(prefix) :])
+                vni = names.router_vni(host, name)
+                if vni is not None:
+                    found[name] = vni
         return found
 
     async def sync(self) -> None:
@@ -88,7 +80,7 @@ class RouterListeners:
             name, address = tenant
             try:
                 socks = await asyncio.to_thread(sockets_in_netns, netns, address, self.port)
-            except OSError as exc:
+            except (OSError, KernelError) as exc:
                 # The agent may not have put the DNS address on the bridge yet.
                 log.debug("cannot listen in %s yet: %s", netns, exc)
                 continue

@@ -81,7 +81,7 @@ class LbServicer(lb_pb2_grpc.LoadBalancerServiceServicer):
         out: list[VirtualService] = []
         for _, r in sorted(want.routers.items()):
             if r.netns in present:
-                out += await lb.in_kernel_thread(lb.backend.read, r)
+                out += await lb.kernel_thread.call(lb.backend.read, r)
         return out
 
     @unary

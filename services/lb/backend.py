@@ -9,13 +9,14 @@ and periodically) reads the kernel back first and repairs whatever drifted.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from pinet.hostnet.netns import KernelError, netns_identity
-from pinet.hostnet.nft import Nft, element_key
+from pinet.hostnet import names
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.nft import Nft, PerNamespace, element_key, is_base_marker
 from services.lb import nftrules, router
 from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from services.netagent import names
 
 
 class Backend(Protocol):
@@ -41,6 +42,15 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class _Router:
+    nft: Nft
+    have: nftrules.Layout | None = None  # what the namespace holds, as last read or written
+
+    def close(self) -> None:
+        self.nft.close()
+
+
 class NftablesBackend:
     """Keeps one libnftables context per router namespace: creating and
     freeing one per change would cost more than the change (freeing a
@@ -52,35 +62,24 @@ class NftablesBackend:
     kind = "nftables"
 
     def __init__(self) -> None:
-        self._ctx: dict[str, tuple[int, Nft]] = {}  # netns -> (identity, context)
-        self._have: dict[str, nftrules.Layout] = {}  # what the context's namespace holds
+        self._routers: PerNamespace[_Router] = PerNamespace(lambda netns: _Router(Nft(netns)), _Router.close)
 
     def _nft(self, netns: str) -> Nft:
-        try:
-            identity = netns_identity(netns)
-        except KernelError:
-            self.forget(netns)
-            raise
-        known = self._ctx.get(netns)
-        if known is not None and known[0] == identity:
-            return known[1]
-        self.forget(netns)
-        nft = Nft(netns)
-        self._ctx[netns] = (identity, nft)
-        return nft
+        return self._routers.get(netns).nft
 
     def sync(self, r: RouterLb, full: bool) -> list[str]:
-        nft = self._nft(r.netns)
+        state = self._routers.get(r.netns)
+        nft = state.nft
         changes: list[str] = []
-        have = self._have.get(r.netns)
+        have = state.have
         if full or have is None:
             changes += router.prepare(r.netns, {r.service_cidr})
             have = read_layout(nft)
-        marker, base = nftrules.base_script(r.snat_ip, names.ROUTER_UPLINK)
-        want = nftrules.layout(r, marker)
-        script, applied = nftrules.plan(want, have, base)
-        self._run(nft, r.netns, script)
-        self._have[r.netns] = want
+        base = nftrules.base_script(r.snat_ip, names.ROUTER_UPLINK)
+        want = nftrules.layout(r, base.marker)
+        script, applied = nftrules.plan(want, have, base.script)
+        self._run(state, script)
+        state.have = want
         if full:
             unused = nftrules.unused_chains(want, have)
             if unused:
@@ -88,19 +87,18 @@ class NftablesBackend:
         return changes + [f"{r.netns}: {c}" for c in applied]
 
     def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
-        nft = self._nft(r.netns)  # forgets the layout of a namespace made again
-        have = self._have.get(r.netns)
-        if have is None:
+        state = self._routers.get(r.netns)  # forgets the layout of a namespace made again
+        if state.have is None:
             raise KernelError(f"{r.netns} needs a full sync first")
-        script, applied = nftrules.plan_changes(have, changed)
-        self._run(nft, r.netns, script)
+        script, applied = nftrules.plan_changes(state.have, changed)
+        self._run(state, script)
         return [f"{r.netns}: {c}" for c in applied]
 
-    def _run(self, nft: Nft, netns: str, script: str) -> None:
+    def _run(self, state: _Router, script: str) -> None:
         try:
-            nft.run(script)
+            state.nft.run(script)
         except KernelError:
-            self._have.pop(netns, None)  # read the kernel again next time
+            state.have = None  # read the kernel again next time
             raise
 
     def read(self, r: RouterLb) -> list[VirtualService]:
@@ -132,14 +130,10 @@ class NftablesBackend:
         return False  # conntrack keeps established flows; nothing to wait for
 
     def forget(self, netns: str) -> None:
-        self._have.pop(netns, None)
-        known = self._ctx.pop(netns, None)
-        if known is not None:
-            known[1].close()
+        self._routers.forget(netns)
 
     def close(self) -> None:
-        for netns in list(self._ctx):
-            self.forget(netns)
+        self._routers.close()
 
 
 def _frontend(r: RouterLb, vip: str) -> Frontend:
@@ -153,7 +147,7 @@ def read_layout(nft: Nft) -> nftrules.Layout:
     for obj in nft.list_json(f"table {nftrules.FAMILY_TABLE}"):
         if "chain" in obj:
             name = obj["chain"]["name"]
-            if name.startswith("base-"):
+            if is_base_marker(name):
                 have.base = name
             elif nftrules.is_lb_chain(name):
                 have.chains.add(name)

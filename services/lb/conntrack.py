@@ -9,8 +9,8 @@ removed endpoint finish on their own, and new ones are balanced afresh.
 from __future__ import annotations
 
 import re
-import subprocess
 
+from pinet.hostnet.command import run
 from services.lb.model import VsKey
 
 
@@ -19,9 +19,7 @@ def forget_udp(netns: str, gone: list[tuple[VsKey, str]]) -> list[str]:
     for (vip, _, port), endpoint in gone:
         args = ["conntrack", "-D", "-p", "udp", "--orig-dst", vip, "--orig-port-dst", str(port)]
         args += ["--reply-src", endpoint]
-        out = subprocess.run(
-            ["ip", "netns", "exec", netns, *args], capture_output=True, text=True, check=False, timeout=10
-        )
+        out = run(args, netns=netns, timeout=10, check=False)
         # conntrack exits 1 when nothing matched, which is the usual case.
         found = re.search(r"(\d+) flow entries have been deleted", out.stderr)
         if found and int(found.group(1)):

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_LEASES, NODES, PODS, SERVICES, TENANTS
-from pinet.hostnet.netns import KernelError, list_netns
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.netns import list_netns
+from pinet.hostnet.thread import KernelThread
 from pinet.runtime.reconcile import Reconciler, run_with_resync
 from services.lb import conntrack
 from services.lb.backend import Backend
@@ -73,7 +74,7 @@ class LoadBalancer:
             self.tenants, self.nodes, self.leases, self.pods, self.services, self.endpoints, self.bindings,
         ]  # fmt: skip
         self.reconciler: Reconciler[str] = Reconciler(f"lb {node}", self.reconcile)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lb-kernel")
+        self.kernel_thread = KernelThread("lb-kernel")
         self._by_tenant: dict[str, dict[bytes, objects_pb2.Service]] = {}
         self._local_pods: dict[str, set[str]] = {}  # tenant -> uids of its network-ready pods here
         self._programmed: dict[int, RouterLb] = {}  # router (its services as last synced in full)
@@ -89,9 +90,6 @@ class LoadBalancer:
         self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
         self.nodes.subscribe(self._on_node, replay=False)
         self.leases.subscribe(self._on_lease, replay=False)
-
-    async def in_kernel_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ------------------------------------------------------------ events
 
@@ -230,9 +228,9 @@ class LoadBalancer:
     async def stop(self) -> None:
         for informer in self.informers:
             await informer.stop()
-        await self.in_kernel_thread(self.backend.close)
-        await self.in_kernel_thread(self.host.close)
-        self._executor.shutdown(wait=True)
+        await self.kernel_thread.call(self.backend.close)
+        await self.kernel_thread.call(self.host.close)
+        self.kernel_thread.stop()
 
     # --------------------------------------------------------- reconcile
 
@@ -242,7 +240,7 @@ class LoadBalancer:
         if kind == "full":
             await self._full()
         elif kind == "host":
-            self._log(await self.in_kernel_thread(self.host.sync, self.desired().host, False))
+            self._log(await self.kernel_thread.call(self.host.sync, self.desired().host, False))
         elif kind == "router":
             tenant = self.tenant_of_vni(int(ident))
             want = self.desired(tenant).routers.get(int(ident)) if tenant else None
@@ -255,7 +253,7 @@ class LoadBalancer:
 
     async def _full(self) -> None:
         want = self.desired()
-        present = await self.in_kernel_thread(list_netns)
+        present = await self.kernel_thread.call(list_netns)
         for vni in set(self._programmed) - set(want.routers):
             await self._sync_router(vni, None, full=True)
         for vni, r in want.routers.items():
@@ -267,18 +265,18 @@ class LoadBalancer:
                 # Made or removed by the netagent meanwhile: that router alone
                 # is retried, the rest of the pass goes on.
                 self.reconciler.enqueue(f"router:{vni}")
-        self._log(await self.in_kernel_thread(self.host.sync, want.host, True))
+        self._log(await self.kernel_thread.call(self.host.sync, want.host, True))
 
     async def _sync_router(self, vni: int, want: RouterLb | None, full: bool) -> None:
         before = self._programmed.get(vni)
         if want is None:
             # The router went (its netagent removes the namespace with it).
             if before is not None:
-                await self.in_kernel_thread(self.backend.forget, before.netns)
+                await self.kernel_thread.call(self.backend.forget, before.netns)
                 del self._programmed[vni]
                 self._vs.pop(vni, None)
             return
-        self._log(await self.in_kernel_thread(self.backend.sync, want, full))
+        self._log(await self.kernel_thread.call(self.backend.sync, want, full))
         old = self._vs.get(vni, {})
         self._programmed[vni] = want
         self._vs[vni] = dict(want.services)
@@ -306,7 +304,7 @@ class LoadBalancer:
         if not changed:
             return
         try:
-            self._log(await self.in_kernel_thread(self.backend.update, router, changed))
+            self._log(await self.kernel_thread.call(self.backend.update, router, changed))
         except KernelError as exc:
             log.info("%s: a full sync first (%s)", router.netns, exc)
             self.reconciler.enqueue(f"router:{vni}")
@@ -327,7 +325,7 @@ class LoadBalancer:
             asyncio.get_running_loop().call_later(DRAIN_RECHECK, self.reconciler.enqueue, f"router:{router.vni}")
         gone = removed_udp_servers(old, new)
         if gone:
-            self._log(await self.in_kernel_thread(conntrack.forget_udp, router.netns, gone))
+            self._log(await self.kernel_thread.call(conntrack.forget_udp, router.netns, gone))
 
     def _log(self, changes: list[str]) -> None:
         for change in changes:

@@ -13,7 +13,6 @@ client used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import socket
@@ -23,11 +22,13 @@ from typing import Any
 
 from pyroute2 import NetlinkError
 
-from pinet.hostnet.netns import entered, open_netlink, run
-from pinet.hostnet.nft import Nft, element_key
+from pinet.hostnet import names
+from pinet.hostnet.command import run
+from pinet.hostnet.netns import entered, open_netlink
+from pinet.hostnet.nft import BaseRules, Nft, base_rules, element_key, is_base_marker
 from services.lb.model import HostLb
 
-TABLE = "ip pinet-lb"
+TABLE = names.LB_TABLE
 FIP_ROUTE_PROTO = 0x72
 
 
@@ -40,8 +41,8 @@ class HostLayout:
     remote: dict[tuple[str, int, int], tuple[str, int]] = field(default_factory=dict)
 
 
-def base_script(underlay_ip: str) -> tuple[str, str]:
-    body = "\n".join(
+def base_script(underlay_ip: str) -> BaseRules:
+    return base_rules(
         [
             f"add table {TABLE}",
             f"add map {TABLE} nodeports {{ type inet_proto . inet_service : verdict; }}",
@@ -61,10 +62,9 @@ def base_script(underlay_ip: str) -> tuple[str, str]:
             f'add rule {TABLE} postrouting ct status dnat ct original ip daddr {underlay_ip} oifname != "pr*" '
             "masquerade",
             f"add rule {TABLE} to-router meta l4proto {{ tcp, udp }} dnat ip to meta l4proto . th dport map @local",
-        ]
+        ],
+        TABLE,
     )
-    marker = "base-" + hashlib.sha256(body.encode()).hexdigest()[:12]
-    return marker, f"{body}\nadd chain {TABLE} {marker}\n"
 
 
 def forward_chain(n: int) -> str:
@@ -128,7 +128,7 @@ def read_layout(nft: Nft) -> HostLayout:
     for obj in nft.list_json(f"table {TABLE}"):
         if "chain" in obj:
             name = obj["chain"]["name"]
-            if name.startswith("base-"):
+            if is_base_marker(name):
                 have.base = name
             elif name.startswith("fwd-"):
                 have.chains.add(name)
@@ -183,9 +183,9 @@ class HostForwarding:
                 changes.append("host: table removed (nothing to forward)")
             self._have = HostLayout()
             return changes + self._sync_fips(h)
-        marker, base = base_script(h.underlay_ip)
-        want = layout(h, marker)
-        script = plan(want, have, base)
+        base = base_script(h.underlay_ip)
+        want = layout(h, base.marker)
+        script = plan(want, have, base.script)
         try:
             self._nft.run(script)
         except Exception:
@@ -233,7 +233,7 @@ class HostForwarding:
 
     def _ip(self, *args: str) -> str:
         prefix = ["ip", "-n", self.host_netns] if self.host_netns else ["ip"]
-        return run([*prefix, *args])
+        return run([*prefix, *args]).stdout
 
     def _proxies(self, dev: str) -> set[str]:
         out = self._ip("-j", "neigh", "show", "proxy", "dev", dev)

@@ -19,12 +19,13 @@ from typing import Any
 
 from pyroute2 import IPVS, IPVSDest, IPVSService, NetlinkError
 
-from pinet.hostnet.netns import KernelError, entered, netns_identity, write_sysctl
+from pinet.hostnet import names
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.netns import entered, netns_identity, write_sysctl
 from pinet.hostnet.nft import Nft
 from services.lb import nftrules, router
 from services.lb.backend import read_layout
 from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-from services.netagent import names
 
 IP_VS_SVC_F_PERSISTENT = 0x1
 FWD_MASQ = 0
@@ -218,17 +219,17 @@ class IpvsBackend:
             return self._sync_nat_in(nft, r, full)
 
     def _sync_nat_in(self, nft: Nft, r: RouterLb, full: bool) -> list[str]:
-        marker, base = nftrules.base_script(r.snat_ip, names.ROUTER_UPLINK, with_services=False)
-        full_want = nftrules.layout(r, marker)
-        want = nftrules.Layout(base=marker, hairpin=full_want.hairpin, remote=full_want.remote)
+        base = nftrules.base_script(r.snat_ip, names.ROUTER_UPLINK, with_services=False)
+        full_want = nftrules.layout(r, base.marker)
+        want = nftrules.Layout(base=base.marker, hairpin=full_want.hairpin, remote=full_want.remote)
         before = self._applied.get(r.netns)
         if full or before is None:
             have = read_layout(nft)
             have.services, have.backends, have.chains = {}, {}, set()
         else:
-            old = nftrules.layout(before, marker)
-            have = nftrules.Layout(base=marker, hairpin=old.hairpin, remote=old.remote)
-        script, _ = nftrules.plan(want, have, base)
+            old = nftrules.layout(before, base.marker)
+            have = nftrules.Layout(base=base.marker, hairpin=old.hairpin, remote=old.remote)
+        script, _ = nftrules.plan(want, have, base.script)
         nft.run(script)
         return [f"{r.netns}: nat sets"] if script else []
 

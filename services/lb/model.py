@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
-from services.netagent import names
+from pinet.hostnet import names
 
 DEFAULT_AFFINITY_TIMEOUT = 10800
 

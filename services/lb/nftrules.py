@@ -19,15 +19,16 @@ sent to a pod on another host are source-NATed from two small sets.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pinet.hostnet import names
+from pinet.hostnet.nft import BaseRules, base_rules
 from services.lb.model import RealServer, RouterLb, Scheduler, VirtualService, VsKey
 
-TABLE = "pinet-lb"
-FAMILY_TABLE = f"ip {TABLE}"
+FAMILY_TABLE = names.LB_TABLE
+TABLE = FAMILY_TABLE.split()[1]
 AFFINITY_SIZE = 1 << 20
 
 BackendKey = tuple[str, str, int, int]  # vip, proto, port, slot
@@ -50,17 +51,15 @@ class Layout:
     refs: Counter[tuple[bool, str]] = field(default_factory=Counter)  # (remote, ip) -> services using it
 
 
-def base_script(snat_ip: str, uplink: str, with_services: bool = True) -> tuple[str, str]:
-    """(marker chain name, script) for the table's fixed part. Every
-    statement is an idempotent add, and the base chains are flushed and
-    refilled, so applying it to a live table keeps every element."""
+def base_script(snat_ip: str, uplink: str, with_services: bool = True) -> BaseRules:
+    """The table's fixed part (pinet.hostnet.nft.BaseRules)."""
     rules = []
     if with_services:
         rules.append(f"add rule {FAMILY_TABLE} prerouting ip daddr . meta l4proto . th dport vmap @services")
     rules.append(f"add rule {FAMILY_TABLE} postrouting ip saddr . ip daddr @hairpin masquerade")
     if snat_ip:
         rules.append(f'add rule {FAMILY_TABLE} postrouting iifname "{uplink}" ip daddr @remote snat ip to {snat_ip}')
-    body = "\n".join(
+    return base_rules(
         [
             f"add table {FAMILY_TABLE}",
             f"add map {FAMILY_TABLE} services {{ type ipv4_addr . inet_proto . inet_service : verdict; }}",
@@ -75,10 +74,9 @@ def base_script(snat_ip: str, uplink: str, with_services: bool = True) -> tuple[
             f"flush chain {FAMILY_TABLE} prerouting",
             f"flush chain {FAMILY_TABLE} postrouting",
             *rules,
-        ]
+        ],
+        FAMILY_TABLE,
     )
-    marker = "base-" + hashlib.sha256(body.encode()).hexdigest()[:12]
-    return marker, f"{body}\nadd chain {FAMILY_TABLE} {marker}\n"
 
 
 def chain_name(vs: VirtualService) -> str:

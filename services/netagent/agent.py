@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -22,12 +20,14 @@ from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import NODES, PODS, TENANTS
+from pinet.hostnet import names
 from pinet.hostnet.netns import netns_path
+from pinet.hostnet.thread import KernelThread
 from pinet.objects.podnetwork import NetworkReports
 from pinet.runtime.errors import failed_precondition, invalid, not_found
 from pinet.runtime.reconcile import Reconciler, run_with_resync
 from pinet.runtime.servicer import unary
-from services.netagent import desired, isolation, names
+from services.netagent import desired, isolation
 from services.netagent.kernel import Kernel
 from services.netagent.registration import NodeRegistration
 
@@ -66,15 +66,12 @@ class Agent:
         self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "agent-tenants")
         self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "agent-nodes")
         self.reconciler: Reconciler[str] = Reconciler(f"netagent {node}", self.reconcile)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel")
+        self.kernel_thread = KernelThread("kernel")
         self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
         self.reports = NetworkReports(etcd, node)
         self.pods.subscribe(self._on_pod)
         self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
         self.nodes.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
-
-    async def _k(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
         for informer in (self.tenants, self.nodes, self.pods):
@@ -92,7 +89,7 @@ class Agent:
                 self.attached[pod.metadata.uid] = pod.status.netns
 
     async def host_addresses(self) -> list[str]:
-        return await self._k(self.kernel.host_addresses)
+        return await self.kernel_thread.call(self.kernel.host_addresses)
 
     async def run(self) -> None:
         guard = asyncio.create_task(self._watch_guard(), name="netagent-guard")
@@ -109,11 +106,11 @@ class Agent:
         while True:
             await asyncio.sleep(self.guard_interval)
             try:
-                for key in await self._k(self.kernel.firewall.changed):
+                for key in await self.kernel_thread.call(self.kernel.firewall.changed):
                     self.reconciler.enqueue(f"guard:{key}")
                 ticks += 1
                 if ticks % COUNTER_EVERY == 0:
-                    self._export_counters(await self._k(self.kernel.refresh_counters))
+                    self._export_counters(await self.kernel_thread.call(self.kernel.refresh_counters))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -134,8 +131,8 @@ class Agent:
     async def stop(self) -> None:
         for informer in (self.pods, self.tenants, self.nodes):
             await informer.stop()
-        await self._k(self.kernel.close)
-        self._executor.shutdown(wait=True)
+        await self.kernel_thread.call(self.kernel.close)
+        self.kernel_thread.stop()
 
     # -------------------------------------------------------- desired
 
@@ -180,9 +177,9 @@ class Agent:
             vni = int(ident)
             router = want.routers.get(vni)
             if router is not None:
-                changes = await self._k(self.kernel.ensure_router, router, want.host_sets())
+                changes = await self.kernel_thread.call(self.kernel.ensure_router, router, want.host_sets())
                 self._log(changes)
-            elif names.router_netns(self.node, vni) in await self._k(self.kernel.owned_netns):
+            elif names.router_netns(self.node, vni) in await self.kernel_thread.call(self.kernel.owned_netns):
                 self._log(await self._remove_router(names.router_netns(self.node, vni), want))
         elif kind == "pod":
             await self._reconcile_pod(ident, want)
@@ -193,17 +190,17 @@ class Agent:
         """The nftables of one namespace changed: read back, repaired."""
         if not netns:
             if want.routers:
-                self._log(await self._k(self.kernel.ensure_host, want.host_sets()))
+                self._log(await self.kernel_thread.call(self.kernel.ensure_host, want.host_sets()))
             return
         router = next((r for r in want.routers.values() if r.netns == netns), None)
-        if router is not None and netns in await self._k(self.kernel.owned_netns):
-            self._log(await self._k(self.kernel.ensure_router_guard, router))
+        if router is not None and netns in await self.kernel_thread.call(self.kernel.owned_netns):
+            self._log(await self.kernel_thread.call(self.kernel.ensure_router_guard, router))
 
     async def _remove_router(self, netns: str, want: desired.HostWiring) -> list[str]:
-        changes = await self._k(self.kernel.remove_router, netns, want.host_sets())
+        changes = await self.kernel_thread.call(self.kernel.remove_router, netns, want.host_sets())
         if not want.routers:
             # The host's own table lives while the host has routers.
-            changes += await self._k(self.kernel.remove_host)
+            changes += await self.kernel_thread.call(self.kernel.remove_host)
         return changes
 
     async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> None:
@@ -212,28 +209,29 @@ class Agent:
             await self._remove_pod(uid, want)
             return
         router = want.routers[wiring.vni]
-        changes = await self._k(self.kernel.ensure_router_for_pod, router, want.host_sets())
-        changes += await self._k(self.kernel.ensure_pod, wiring, router.netns)
+        changes = await self.kernel_thread.call(self.kernel.ensure_router_for_pod, router, want.host_sets())
+        changes += await self.kernel_thread.call(self.kernel.ensure_pod, wiring, router.netns)
         self._log(changes)
         await self.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
 
     async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> bool:
         """Unwire pod uid wherever it is; runtime_netns names the runtime's
         namespace when it was attached through CNI. True if anything went."""
-        owned = await self._k(self.kernel.owned_netns)
-        routers = [n for n in owned if n.removeprefix(self.kernel.prefix).startswith("r")]
+        owned = await self.kernel_thread.call(self.kernel.owned_netns)
+        routers = [n for n in owned if names.router_vni(self.node, n) is not None]
         changes: list[str] = []
         for router_ns in routers:
-            links = await self._k(self.kernel.router_pod_links, router_ns)
+            links = await self.kernel_thread.call(self.kernel.router_pod_links, router_ns)
             if uid in links:
                 netns = runtime_netns or names.pod_netns(self.node, uid)
-                changes += await self._k(self.kernel.remove_pod, uid, router_ns, links[uid], netns, not runtime_netns)
-                vni = int(router_ns.rsplit("-r", 1)[1])
-                if vni not in want.routers:
+                changes += await self.kernel_thread.call(
+                    self.kernel.remove_pod, uid, router_ns, links[uid], netns, not runtime_netns
+                )
+                if names.router_vni(self.node, router_ns) not in want.routers:
                     changes += await self._remove_router(router_ns, want)
         pod_ns = names.pod_netns(self.node, uid)
         if pod_ns in owned:
-            changes += await self._k(self.kernel.remove_orphan_netns, pod_ns)
+            changes += await self.kernel_thread.call(self.kernel.remove_orphan_netns, pod_ns)
         self._log(changes)
         if not runtime_netns:
             await self.reports.forget(uid)
@@ -241,28 +239,29 @@ class Agent:
 
     async def _full(self, want: desired.HostWiring) -> None:
         if self.registration is not None:
-            await self.registration.set_host_addresses(await self._k(self.kernel.host_addresses))
-        owned = await self._k(self.kernel.owned_netns)
+            await self.registration.set_host_addresses(await self.kernel_thread.call(self.kernel.host_addresses))
+        owned = await self.kernel_thread.call(self.kernel.owned_netns)
         wanted_pod_ns = {p.netns for p in want.pods.values() if p.agent_owned}
         wanted_router_ns = {r.netns for r in want.routers.values()}
         changes: list[str] = []
         for name in owned:
-            kind = name.removeprefix(self.kernel.prefix)[:1]
-            if kind == "p" and name not in wanted_pod_ns:
-                changes += await self._k(self.kernel.remove_orphan_netns, name)
-            elif kind == "r" and name not in wanted_router_ns:
-                changes += await self._k(self.kernel.remove_router, name, want.host_sets())
+            if names.is_pod_netns(self.node, name) and name not in wanted_pod_ns:
+                changes += await self.kernel_thread.call(self.kernel.remove_orphan_netns, name)
+            elif names.router_vni(self.node, name) is not None and name not in wanted_router_ns:
+                changes += await self.kernel_thread.call(self.kernel.remove_router, name, want.host_sets())
         for router in want.routers.values():
             if router.netns in owned:
-                links = await self._k(self.kernel.router_pod_links, router.netns)
+                links = await self.kernel_thread.call(self.kernel.router_pod_links, router.netns)
                 for uid, ifname in links.items():
                     if uid not in want.pods:
-                        changes += await self._k(self.kernel.remove_pod, uid, router.netns, ifname, "", False)
+                        changes += await self.kernel_thread.call(
+                            self.kernel.remove_pod, uid, router.netns, ifname, "", False
+                        )
         # The host's own table lives while the host has routers.
         if want.routers:
-            changes += await self._k(self.kernel.ensure_host, want.host_sets())
+            changes += await self.kernel_thread.call(self.kernel.ensure_host, want.host_sets())
         else:
-            changes += await self._k(self.kernel.remove_host)
+            changes += await self.kernel_thread.call(self.kernel.remove_host)
         self._log(changes)
         # A pod still on this node keeps its report (a detached one's says so).
         local = {p.metadata.uid for p in self.pods.values() if p.spec.node_name == self.node}
@@ -338,8 +337,8 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         want = agent.wanted()
         wiring = want.pods[uid]
         router = want.routers[wiring.vni]
-        changes = await agent._k(agent.kernel.ensure_router_for_pod, router, want.host_sets())
-        changes += await agent._k(agent.kernel.ensure_pod, wiring, router.netns)
+        changes = await agent.kernel_thread.call(agent.kernel.ensure_router_for_pod, router, want.host_sets())
+        changes += await agent.kernel_thread.call(agent.kernel.ensure_pod, wiring, router.netns)
         agent._log(changes)
         await agent.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
         return netagent_pb2.AttachResponse(attachment=agent.attachment(wiring, router), created=bool(changes))
@@ -371,7 +370,7 @@ class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
         if wiring is None:
             return netagent_pb2.CheckResponse(healthy=False, problems=["the pod is not attached"])
         router = want.routers[wiring.vni]
-        problems = await agent._k(agent.kernel.check_pod, wiring, router.netns)
+        problems = await agent.kernel_thread.call(agent.kernel.check_pod, wiring, router.netns)
         return netagent_pb2.CheckResponse(
             healthy=not problems, problems=problems, attachment=agent.attachment(wiring, router)
         )

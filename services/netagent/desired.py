@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pinet.api.network.v1 import objects_pb2
-from services.netagent import isolation, names
+from pinet.hostnet import names
+from services.netagent import isolation
 
 # Pods the container runtime gives a namespace to (through CNI) carry this
 # annotation; the agent then waits for Attach instead of making one.

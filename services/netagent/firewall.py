@@ -16,8 +16,8 @@ import logging
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from pinet.hostnet.netns import KernelError, netns_identity
-from pinet.hostnet.nft import Generation, Nft, listing_digest
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.nft import Generation, Nft, PerNamespace, listing_digest
 from services.netagent import isolation
 from services.netagent.isolation import Base, Elements
 
@@ -28,7 +28,6 @@ _NONE: frozenset[tuple[str, ...]] = frozenset()
 @dataclass
 class _Namespace:
     netns: str
-    identity: int
     nft: Nft
     generation: Generation
     digest: str = ""  # of the rules as listed after this agent last wrote them
@@ -47,22 +46,18 @@ class Firewall:
 
     def __init__(self, host_netns: str) -> None:
         self.host_netns = host_netns
-        self._spaces: dict[str, _Namespace] = {}
+        self._spaces: PerNamespace[_Namespace] = PerNamespace(
+            lambda netns: _Namespace(netns, Nft(netns), Generation(netns)), _Namespace.close
+        )
 
     def _netns(self, key: str) -> str:
         return key or self.host_netns
 
+    def _key(self, netns: str) -> str:
+        return "" if netns == self.host_netns else netns
+
     def _space(self, key: str) -> _Namespace:
-        netns = self._netns(key)
-        identity = netns_identity(netns) if netns else 0
-        space = self._spaces.get(key)
-        if space is not None and space.identity == identity:
-            return space
-        if space is not None:  # the namespace was made anew
-            space.close()
-        space = _Namespace(netns, identity, Nft(netns), Generation(netns))
-        self._spaces[key] = space
-        return space
+        return self._spaces.get(self._netns(key))
 
     def _read(self, space: _Namespace, base: Base) -> tuple[isolation.Read, str]:
         objects = []
@@ -104,7 +99,7 @@ class Firewall:
         """Adds and removes elements without reading the tables first (the
         path of one pod or one peer); False when the namespace's tables
         were never synced, so a full ensure is due."""
-        space = self._spaces.get(key)
+        space = self._spaces.peek(self._netns(key))
         if space is None or not space.elements:
             return False
         have = space.elements
@@ -123,7 +118,7 @@ class Firewall:
     def elements(self, key: str, path: str) -> AbstractSet[tuple[str, ...]]:
         """What this agent knows set path of namespace key to hold (a view:
         it changes with the next update)."""
-        space = self._spaces.get(key)
+        space = self._spaces.peek(self._netns(key))
         return space.elements.get(path, _NONE) if space is not None else _NONE
 
     def read_set(self, key: str, path: str) -> set[tuple[str, ...]]:
@@ -141,46 +136,43 @@ class Firewall:
 
     def remove(self, key: str, tables: tuple[str, ...]) -> list[str]:
         """Deletes the tables (those that exist) and forgets the namespace."""
-        space = self._spaces.pop(key, None)
         netns = self._netns(key)
+        space = self._spaces.peek(netns)
         changes = []
         with contextlib.closing(Nft(netns)) if space is None else contextlib.nullcontext(space.nft) as nft:
             for table in tables:
                 if nft.list_json(f"table {table}"):
                     nft.run(f"delete table {table}")
                     changes.append(f"{netns or 'host'}: {table} removed")
-        if space is not None:
-            space.close()
+        self._spaces.forget(netns)
         return changes
 
     def forget(self, key: str) -> None:
         """The namespace is gone (a router removed with its tables)."""
-        space = self._spaces.pop(key, None)
-        if space is not None:
-            space.close()
+        self._spaces.forget(self._netns(key))
 
     def changed(self) -> list[str]:
         """Keys of the namespaces whose nftables changed since their last
         sync (by anyone: the next sync tells whether it was ours)."""
         out = []
-        for key, space in list(self._spaces.items()):
+        for netns, space in self._spaces.items():
             try:
                 if space.generation.read() != space.seen:
-                    out.append(key)
+                    out.append(self._key(netns))
             except (KernelError, OSError):
-                out.append(key)
+                out.append(self._key(netns))
         return out
 
     def namespaces(self) -> list[str]:
-        return list(self._spaces)
+        return [self._key(netns) for netns, _ in self._spaces.items()]
 
     def counters(self) -> dict[str, dict[str, int]]:
         """Packets each drop counter counted, per namespace key, as of the
         last sync or refresh."""
-        return {key: dict(space.counters) for key, space in self._spaces.items()}
+        return {self._key(netns): dict(space.counters) for netns, space in self._spaces.items()}
 
     def refresh_counters(self, key: str, tables: tuple[str, ...]) -> None:
-        space = self._spaces.get(key)
+        space = self._spaces.peek(self._netns(key))
         if space is None:
             return
         objects = []
@@ -189,6 +181,4 @@ class Firewall:
         space.counters = isolation.parse(objects).counters
 
     def close(self) -> None:
-        for space in self._spaces.values():
-            space.close()
-        self._spaces.clear()
+        self._spaces.close()

@@ -24,16 +24,16 @@ number of tenants or pods (what grows lives in set elements):
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from services.netagent import names
+from pinet.hostnet import names
+from pinet.hostnet.nft import base_rules, is_base_marker
 
-HOST_TABLE = "ip pinet-host"
-ROUTER_TABLE = "ip pinet"
-BRIDGE_TABLE = "bridge pinet"
+HOST_TABLE = names.AGENT_HOST_TABLE
+ROUTER_TABLE = names.AGENT_ROUTER_TABLE
+BRIDGE_TABLE = names.AGENT_BRIDGE_TABLE
 UPLINKS = "pr*"  # names.uplink_host_ifname
 POD_PORTS = "pv*"  # names.pod_host_ifname
 LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
@@ -45,7 +45,6 @@ VXLAN_DROPS = "vxlan-drops"
 SPOOF_DROPS = "spoof-drops"
 CT_LIMIT_DROPS = "ct-limit-drops"
 DEFAULT_CONNTRACK_LIMIT = 16384
-MARKER_PREFIX = "base-"
 
 Elements = dict[str, set[tuple[str, ...]]]  # "family table set" -> elements
 Port = tuple[str, str, str]  # router-side interface, pod MAC, pod IP
@@ -95,9 +94,8 @@ class Base:
 
 
 def _base(tables: tuple[str, ...], body: list[str], marker_table: str) -> Base:
-    text = "\n".join(body)
-    marker = MARKER_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:12]
-    return Base(tables, f"{text}\nadd chain {marker_table} {marker}\n", marker)
+    rules = base_rules(body, marker_table)
+    return Base(tables, rules.script, rules.marker)
 
 
 def _chain(table: str, name: str, hook: str, priority: str) -> list[str]:
@@ -266,7 +264,7 @@ def parse(objects: Iterable[dict[str, object]]) -> Read:
             where = f"{body.get('family')} {body.get('table')}"
             if kind == "table":
                 read.tables.add(f"{body['family']} {body['name']}")
-            elif kind == "chain" and str(body.get("name", "")).startswith(MARKER_PREFIX):
+            elif kind == "chain" and is_base_marker(str(body.get("name", ""))):
                 read.markers.append(str(body["name"]))
             elif kind == "set":
                 read.sets[f"{where} {body['name']}"] = {_element(e) for e in body.get("elem", [])}  # type: ignore[attr-defined]

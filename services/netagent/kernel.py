@@ -18,16 +18,10 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetlinkError
 
-from pinet.hostnet.netns import (
-    NETNS_RUN,
-    KernelError,
-    create_netns,
-    list_netns,
-    open_netlink,
-    remove_netns,
-    write_sysctl,
-)
-from services.netagent import isolation, names
+from pinet.hostnet import names
+from pinet.hostnet.command import KernelError
+from pinet.hostnet.netns import NETNS_RUN, create_netns, list_netns, open_netlink, remove_netns, write_sysctl
+from services.netagent import isolation
 from services.netagent.desired import PodWiring, RouterWiring
 from services.netagent.firewall import Firewall
 
@@ -331,7 +325,9 @@ class Kernel:
     def remove_router(self, netns: str, hosts: isolation.HostSets) -> list[str]:
         self._router_checked.pop(netns, None)
         self.firewall.forget(netns)
-        vni = int(netns.rsplit("-r", 1)[1])
+        vni = names.router_vni(self.node, netns)
+        if vni is None:
+            raise KernelError(f"{netns} is not one of {self.node}'s router namespaces")
         changes = self.sync_peers(vni, frozenset(), hosts) if self._host_ready else []
         host = self._ns("")
         for ifname in (names.uplink_host_ifname(vni), names.vxlan_staging_ifname(vni)):

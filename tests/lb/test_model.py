@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
+from pinet.hostnet import names
 from services.lb import host, nftrules
 from services.lb.model import Frontend, Inputs, RealServer, compute, owner
-from services.netagent import names
 
 
 def tenant(name: str, vni: int) -> objects_pb2.Tenant:
@@ -104,17 +104,17 @@ def test_plan_touches_only_what_changed() -> None:
     two = compute(inputs([svc("web"), svc("api", ip="10.244.240.11")],
                          [eps("web", ("10.244.0.5", "h1", True), ("10.244.0.6", "h2", True)),
                           eps("api", ("10.244.0.9", "h1", True))])).routers[4096]  # fmt: skip
-    marker, base = nftrules.base_script(two.snat_ip, "up0")
-    want = nftrules.layout(two, marker)
-    script, changes = nftrules.plan(want, nftrules.Layout(), base)
+    base = nftrules.base_script(two.snat_ip, "up0")
+    want = nftrules.layout(two, base.marker)
+    script, changes = nftrules.plan(want, nftrules.Layout(), base.script)
     assert "base rules" in changes and "add element ip pinet-lb services" in script
     assert want.hairpin == {"10.244.0.5", "10.244.0.9"} and want.remote == {"10.244.0.6"}
-    assert nftrules.plan(want, want, base) == ("", [])
+    assert nftrules.plan(want, want, base.script) == ("", [])
     # web scales to one: its second slot goes, the service now picks among 1.
     one = compute(inputs([svc("web"), svc("api", ip="10.244.240.11")],
                          [eps("web", ("10.244.0.5", "h1", True)), eps("api", ("10.244.0.9", "h1", True))]))  # fmt: skip
-    after = nftrules.layout(one.routers[4096], marker)
-    script, changes = nftrules.plan(after, want, base)
+    after = nftrules.layout(one.routers[4096], base.marker)
+    script, changes = nftrules.plan(after, want, base.script)
     assert changes == ["~10.244.240.10:80/tcp"]
     assert "10.244.240.11" not in script, "the other service is untouched"
     assert "delete element ip pinet-lb backends { 10.244.240.10 . tcp . 80 . 2 }" in script
@@ -124,8 +124,8 @@ def test_plan_touches_only_what_changed() -> None:
 
 def test_affinity_chains_remember_the_slot_with_the_timeout() -> None:
     r = compute(inputs([svc("s", affinity=True)], [eps("s", ("10.244.0.5", "h1", True), ("10.244.0.6", "h1", True))]))
-    marker, _ = nftrules.base_script("", "up0")
-    layout = nftrules.layout(r.routers[4096], marker)
+    base = nftrules.base_script("", "up0")
+    layout = nftrules.layout(r.routers[4096], base.marker)
     assert layout.services[("10.244.240.10", "tcp", 80)] == "aff-2-10800"
     script = nftrules.chain_script("aff-2-10800")
     assert "update @affinity" in script and "timeout 10800s" in script and "meta mark > 2 meta mark set 0" in script
@@ -134,11 +134,11 @@ def test_affinity_chains_remember_the_slot_with_the_timeout() -> None:
 def test_host_plan_forwards_node_ports() -> None:
     np = svc("np", objects_pb2.SERVICE_TYPE_NODE_PORT, node_port=30080)
     want = compute(inputs([np], [eps("np", ("10.244.0.5", "h2", True))], local=frozenset()))
-    marker, base = host.base_script("192.0.2.11")
-    layout = host.layout(want.host, marker)
+    base = host.base_script("192.0.2.11")
+    layout = host.layout(want.host, base.marker)
     assert layout.nodeports == {("tcp", 30080): "fwd-1"}
     assert layout.remote == {("tcp", 30080, 1): ("192.0.2.12", 30080)}
-    script = host.plan(layout, host.HostLayout(), base)
+    script = host.plan(layout, host.HostLayout(), base.script)
     assert "add chain ip pinet-lb fwd-1" in script and "tcp . 30080 . 1 : 192.0.2.12 . 30080" in script
 
 

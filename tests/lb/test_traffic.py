@@ -13,7 +13,7 @@ from pinet.api.common.v1 import meta_pb2
 from pinet.api.lb.v1 import lb_pb2, lb_pb2_grpc
 from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.hosts import INTERNET_IP
-from services.netagent import names
+from pinet.hostnet import names
 from tests.helpers.cloud import Cloud
 from tests.helpers.traffic import CHATTER, ECHO, UDP_ASKER, UDP_SERVER, connect, serve
 from tests.helpers.wait import eventually

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pinet.api.network.v1 import objects_pb2
-from services.netagent import desired, isolation, names
+from pinet.hostnet import names
+from services.netagent import desired, isolation
 
 
 def test_protected_ranges_always_include_the_platforms_and_merge_the_operators() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pinet.api.network.v1 import objects_pb2
-from services.netagent import desired, names
+from pinet.hostnet import names
+from services.netagent import desired
 
 
 def test_router_identity_is_per_host_and_outside_every_tenant_network() -> None:

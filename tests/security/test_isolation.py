@@ -9,7 +9,8 @@ import time
 import urllib.request
 
 from pinet.devstack.hosts import INTERNET_IP
-from services.netagent import isolation, names
+from pinet.hostnet import names
+from services.netagent import isolation
 from tests.helpers.traffic import connect
 from tests.helpers.wait import eventually
 from tests.security.attacks import FLOOD, FORGE_VXLAN, RAW, probe, reached, run_in

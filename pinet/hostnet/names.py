@@ -1,4 +1,6 @@
-"""Names and addresses the agent derives from IDs (pure logic).
+"""The host-network contract: names and addresses derived from IDs (pure
+logic), shared by the netagent that makes them, the lb and the dns that
+find them.
 
 Everything here is a function of stable identifiers (node name, VNI, pod
 uid, pod IP), so that an agent restarted with an empty memory finds the same
@@ -18,6 +20,13 @@ FIRST_VNI = 4096
 ROUTER_BRIDGE = "br0"
 ROUTER_VXLAN = "vx0"
 ROUTER_UPLINK = "up0"
+# nftables tables ("family name"), each written by one service only: the
+# netagent's isolation on the host and in each router, the lb's translation
+# in each router and on the host (the same name in different namespaces).
+AGENT_HOST_TABLE = "ip pinet-host"
+AGENT_ROUTER_TABLE = "ip pinet"
+AGENT_BRIDGE_TABLE = "bridge pinet"
+LB_TABLE = "ip pinet-lb"
 # Addresses 1 to 9 of a tenant network are the platform's (gateway, DNS, spares;
 # the ipam's PLATFORM_RESERVED_COUNT).
 PLATFORM_RESERVED = 9
@@ -34,6 +43,21 @@ def router_netns(node: str, vni: int) -> str:
 
 def pod_netns(node: str, uid: str) -> str:
     return f"{netns_prefix(node)}p{short(uid, 12)}"
+
+
+def router_vni(node: str, netns: str) -> int | None:
+    """The VNI of node's router namespace called netns; None for any other
+    name (a pod's namespace, another node's router, a stranger's)."""
+    rest = netns.removeprefix(netns_prefix(node))
+    if rest == netns or not rest.startswith("r") or not rest[1:].isdigit():
+        return None
+    return int(rest[1:])
+
+
+def is_pod_netns(node: str, netns: str) -> bool:
+    """Whether netns is named as one of node's agent-made pod namespaces."""
+    rest = netns.removeprefix(netns_prefix(node))
+    return rest != netns and rest.startswith("p")
 
 
 def short(ident: str, length: int) -> str:
