@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pinet.hostnet.netns import list_netns
-from services.lb.backend import NftablesBackend
+from services.lb.backends.nftables import NftablesBackend
 from services.lb.model import Frontend, RealServer, RouterLb, VirtualService
 
 ROUTER = "pinet-blb-r"

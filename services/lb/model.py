@@ -14,13 +14,12 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
 from pinet.hostnet import names
+from pinet.objects import protocol as transport
 
 DEFAULT_AFFINITY_TIMEOUT = 10800
 
-PROTOCOLS = {meta_pb2.PROTOCOL_TCP: "tcp", meta_pb2.PROTOCOL_UDP: "udp"}
 # Service types that also get a node port on every host.
 NODE_PORT_TYPES = (objects_pb2.SERVICE_TYPE_NODE_PORT, objects_pb2.SERVICE_TYPE_LOAD_BALANCER)
 
@@ -171,7 +170,7 @@ def compute(i: Inputs) -> Desired:
             fip_nodes.setdefault(binding.address, set()).update(endpoint_nodes)
             fip_tenant[binding.address] = meta.tenant
         for port in spec.ports:
-            protocol = PROTOCOLS.get(port.protocol or meta_pb2.PROTOCOL_TCP)
+            protocol = transport.kernel_name(port.protocol)
             if protocol is None:
                 continue
             servers = tuple(sorted(_real_servers(ready, port, protocol, i.node)))
@@ -207,7 +206,7 @@ def _real_servers(
 ) -> Iterable[RealServer]:
     for endpoint in ready:
         for ep_port in endpoint.ports:
-            if ep_port.name == port.name and PROTOCOLS.get(ep_port.protocol or meta_pb2.PROTOCOL_TCP) == protocol:
+            if ep_port.name == port.name and transport.kernel_name(ep_port.protocol) == protocol:
                 yield RealServer(endpoint.ip, ep_port.port, 1, endpoint.node_name != node)
                 break
 

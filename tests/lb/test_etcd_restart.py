@@ -10,9 +10,9 @@ from pathlib import Path
 from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from tests.helpers.cloud import running_cloud
+from tests.helpers.services import answers, reachable, ready_endpoints, service
 from tests.helpers.traffic import serve
 from tests.helpers.wait import eventually
-from tests.lb.conftest import answers, reachable, ready_endpoints, service
 
 
 async def test_lb_survives_an_etcd_restart(make_etcd_server: Callable[[], EtcdServer], tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.lb.ipvs import IpvsBackend
+from services.lb.backends.ipvs import IpvsBackend
 from services.lb.model import Frontend, RealServer, RouterLb, VirtualService
 from tests.helpers.traffic import CHATTER, ECHO, SERVER, many
 
@@ -89,6 +89,10 @@ def test_client_ip_persistence(lab: object) -> None:
     for client in ("pinet-ivs-c1", "pinet-ivs-c2"):
         seen = Counter(many(client, VIP, 81, 12))
         assert len(seen) == 1 and "FAILED" not in seen, f"one client, one server: {seen}"
+    # The control: the same service without persistence spreads one client.
+    backend.sync(router(*SERVERS, port=81), full=True)
+    control = Counter(many("pinet-ivs-c1", VIP, 81, 12))
+    assert len(control) >= 2 and "FAILED" not in control, f"without persistence it spreads: {control}"
 
 
 def test_removed_server_drains_and_a_restart_changes_nothing(lab: object) -> None:

@@ -15,10 +15,10 @@ from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.hosts import INTERNET_IP
 from pinet.hostnet import names
 from tests.helpers.cloud import Cloud
+from tests.helpers.platform import Tenant
+from tests.helpers.services import answers, kernel_state, reachable, ready_endpoints, service, silent
 from tests.helpers.traffic import CHATTER, ECHO, UDP_ASKER, UDP_SERVER, connect, serve
 from tests.helpers.wait import eventually
-from tests.lb.conftest import answers, kernel_state, reachable, ready_endpoints, service, silent
-from tests.network.conftest import Tenant
 
 
 async def web_pods(cloud: Cloud, t: Tenant, app: str, hosts: list[int]) -> list[objects_pb2.Pod]:
@@ -88,6 +88,9 @@ async def test_client_ip_affinity_keeps_a_client_on_one_endpoint(lbcloud: Cloud)
     servers = start_servers(cloud, pods, 8000)
     try:
         svc = await t.call("CreateService", service("sticky", {"app": "sticky"}, [(80, 8000)], affinity=True))
+        # The control: the same pods behind a Service without affinity, so
+        # that balancing stuck on one endpoint cannot pass for affinity.
+        spread = await t.call("CreateService", service("spread", {"app": "sticky"}, [(80, 8000)]))
         vip = svc.spec.cluster_ip
         await eventually(lambda: _count_is(t, "sticky", 3), "three endpoints are ready")
         for client in clients:
@@ -95,10 +98,13 @@ async def test_client_ip_affinity_keeps_a_client_on_one_endpoint(lbcloud: Cloud)
             await eventually(lambda netns=netns: reachable(cloud, netns, vip, 80), "the VIP answers")  # type: ignore[misc]
             seen = await answers(cloud, netns, vip, 80, 30)
             assert len(seen) == 1 and "FAILED" not in seen, f"one client, one endpoint: {seen}"
+            control = await answers(cloud, netns, spread.spec.cluster_ip, 80, 30)
+            assert len(control) >= 2 and "FAILED" not in control, f"without affinity it spreads: {control}"
     finally:
         for s in servers:
             s.kill()
     await t.call("DeleteService", network_pb2.ObjectRef(name="sticky"))
+    await t.call("DeleteService", network_pb2.ObjectRef(name="spread"))
     await delete_pods(t, *(p.metadata.name for p in pods), "c0", "c1")
 
 

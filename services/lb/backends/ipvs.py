@@ -23,8 +23,9 @@ from pinet.hostnet import names
 from pinet.hostnet.command import KernelError
 from pinet.hostnet.netns import entered, netns_identity, write_sysctl
 from pinet.hostnet.nft import Nft
-from services.lb import nftrules, router
-from services.lb.backend import read_layout
+from services.lb import router
+from services.lb.backends import nftrules
+from services.lb.backends.nftables import read_layout
 from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
 
 IP_VS_SVC_F_PERSISTENT = 0x1

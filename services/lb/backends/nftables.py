@@ -1,4 +1,4 @@
-"""The one interface both kernel backends offer, and the nftables one.
+"""The nftables backend.
 
 A backend gets a router's desired virtual services and makes that router's
 kernel equal to them with the fewest changes. It remembers what it last
@@ -10,36 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from pinet.hostnet import names
 from pinet.hostnet.command import KernelError
 from pinet.hostnet.nft import Nft, PerNamespace, element_key, is_base_marker
-from services.lb import nftrules, router
+from services.lb import router
+from services.lb.backends import nftrules
 from services.lb.model import Frontend, RealServer, RouterLb, Scheduler, VirtualService, VsKey
-
-
-class Backend(Protocol):
-    kind: str
-
-    def sync(self, r: RouterLb, full: bool) -> list[str]:
-        """Program r; full: read the kernel first instead of trusting memory."""
-
-    def update(self, r: RouterLb, changed: Mapping[VsKey, VirtualService | None]) -> list[str]:
-        """Apply a few virtual services' changes (None: gone) to a router
-        synced before; r carries the router, its services are not looked at.
-        Raises KernelError when a full sync is needed first."""
-
-    def read(self, r: RouterLb) -> list[VirtualService]:
-        """What the kernel holds in r's namespace (names taken from r)."""
-
-    def draining(self, netns: str) -> bool:
-        """Real servers there wait for their connections to finish."""
-
-    def forget(self, netns: str) -> None:
-        """The router is gone: drop what is remembered about it."""
-
-    def close(self) -> None: ...
 
 
 @dataclass
