@@ -1,4 +1,5 @@
-"""The agent's reconciler and its gRPC API.
+"""The agent: its informers (declared here), its reconciler and the
+helpers its API (servicer.py) answers from.
 
 Informers over pods, tenants and nodes give the desired wiring of this host
 (desired.compute); the reconciler makes the kernel equal to it, one pod or
@@ -10,30 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, TypeVar
 
-import grpc
 from prometheus_client import Counter
 
-from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
+from pinet.api.netagent.v1 import netagent_pb2
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.informer import Event, EventType, InformerSet
 from pinet.etcd.keyspace import NODES, PODS, TENANTS
 from pinet.hostnet import names
 from pinet.hostnet.netns import netns_path
 from pinet.hostnet.thread import KernelThread
 from pinet.objects.podnetwork import NetworkReports
-from pinet.runtime.errors import failed_precondition, invalid, not_found
-from pinet.runtime.reconcile import Reconciler, run_with_resync
-from pinet.runtime.servicer import unary
+from pinet.runtime.errors import failed_precondition, invalid, not_found, unavailable
+from pinet.runtime.reconcile import FULL, FullPass, Reconciler, run_with_resync
 from services.netagent import desired, isolation
 from services.netagent.kernel import Kernel
+from services.netagent.keys import AgentKey, Guard, Pod, Router
 from services.netagent.registration import NodeRegistration
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Context = grpc.aio.ServicerContext[Any, Any]
 
 DROPPED = Counter(
     "pinet_netagent_dropped_packets_total",
@@ -49,6 +46,8 @@ DROP_REASONS = {
 }
 # Drop counters are read back this often (in guard intervals).
 COUNTER_EVERY = 5
+# How long Attach and Detach wait for the reconciler (it may be in a full pass).
+ATTACH_TIMEOUT = 30.0
 
 
 class Agent:
@@ -62,22 +61,21 @@ class Agent:
         self.guard_interval = guard_interval
         self._counted: dict[tuple[str, str], int] = {}  # (namespace key, counter) -> packets counted so far
         self.registration: NodeRegistration | None = None  # set by the app: its addresses follow the host
-        self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode, "agent-pods")
-        self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "agent-tenants")
-        self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "agent-nodes")
-        self.reconciler: Reconciler[str] = Reconciler(f"netagent {node}", self.reconcile)
+        self.informers = InformerSet(etcd, "netagent")
+        self.tenants = self.informers.follow(TENANTS)
+        self.nodes = self.informers.follow(NODES)
+        self.pods = self.informers.follow(PODS)
+        self.reconciler: Reconciler[AgentKey] = Reconciler(f"netagent {node}", self.reconcile)
         self.kernel_thread = KernelThread("kernel")
         self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
+        self.detaching: dict[str, str] = {}  # pod uid -> the runtime namespace a Detach unwires
         self.reports = NetworkReports(etcd, node)
         self.pods.subscribe(self._on_pod)
-        self.tenants.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
-        self.nodes.subscribe(lambda _: self.reconciler.enqueue("full"), replay=False)
+        self.tenants.subscribe(lambda _: self.reconciler.enqueue(FULL), replay=False)
+        self.nodes.subscribe(lambda _: self.reconciler.enqueue(FULL), replay=False)
 
     async def start(self) -> None:
-        for informer in (self.tenants, self.nodes, self.pods):
-            informer.start()
-        for informer in (self.tenants, self.nodes, self.pods):
-            await informer.wait_synced()
+        await self.informers.start()
         await self.reports.load()
         for pod in self.pods.values():
             # Runtime namespaces survive an agent restart in etcd.
@@ -94,7 +92,7 @@ class Agent:
     async def run(self) -> None:
         guard = asyncio.create_task(self._watch_guard(), name="netagent-guard")
         try:
-            await run_with_resync(self.reconciler, self.resync_interval, "full")
+            await run_with_resync(self.reconciler, self.resync_interval, FULL)
         finally:
             guard.cancel()
 
@@ -107,7 +105,7 @@ class Agent:
             await asyncio.sleep(self.guard_interval)
             try:
                 for key in await self.kernel_thread.call(self.kernel.firewall.changed):
-                    self.reconciler.enqueue(f"guard:{key}")
+                    self.reconciler.enqueue(Guard(key))
                 ticks += 1
                 if ticks % COUNTER_EVERY == 0:
                     self._export_counters(await self.kernel_thread.call(self.kernel.refresh_counters))
@@ -129,8 +127,7 @@ class Agent:
                 self._counted[(key, path)] = packets
 
     async def stop(self) -> None:
-        for informer in (self.pods, self.tenants, self.nodes):
-            await informer.stop()
+        await self.informers.stop()
         await self.kernel_thread.call(self.kernel.close)
         self.kernel_thread.stop()
 
@@ -160,31 +157,33 @@ class Agent:
                 or event.old.metadata.annotations != pod.metadata.annotations
             )
             if wiring_changed:
-                self.reconciler.enqueue(f"pod:{pod.metadata.uid}")
+                self.reconciler.enqueue(Pod(pod.metadata.uid))
         elif vni is not None and (event.old is None or event.type is EventType.DELETED or
                                   event.old.spec.node_name != pod.spec.node_name):  # fmt: skip
             # A remote pod of a tenant we may route for: forwarding entries.
-            self.reconciler.enqueue(f"router:{vni}")
+            self.reconciler.enqueue(Router(vni))
 
     # ------------------------------------------------------ reconcile
 
-    async def reconcile(self, key: str) -> None:
-        kind, _, ident = key.partition(":")
+    async def reconcile(self, key: AgentKey) -> list[str] | None:
+        """The kernel changes a pod's reconcile made (Attach and Detach answer
+        with them); None for the other keys."""
         want = self.wanted()
-        if kind == "full":
-            await self._full(want)
-        elif kind == "router":
-            vni = int(ident)
-            router = want.routers.get(vni)
-            if router is not None:
-                changes = await self.kernel_thread.call(self.kernel.ensure_router, router, want.host_sets())
-                self._log(changes)
-            elif names.router_netns(self.node, vni) in await self.kernel_thread.call(self.kernel.owned_netns):
-                self._log(await self._remove_router(names.router_netns(self.node, vni), want))
-        elif kind == "pod":
-            await self._reconcile_pod(ident, want)
-        elif kind == "guard":
-            await self._reconcile_guard(ident, want)
+        match key:
+            case FullPass():
+                await self._full(want)
+            case Router(vni):
+                router = want.routers.get(vni)
+                if router is not None:
+                    changes = await self.kernel_thread.call(self.kernel.ensure_router, router, want.host_sets())
+                    self._log(changes)
+                elif names.router_netns(self.node, vni) in await self.kernel_thread.call(self.kernel.owned_netns):
+                    self._log(await self._remove_router(names.router_netns(self.node, vni), want))
+            case Pod(uid):
+                return await self._reconcile_pod(uid, want)
+            case Guard(namespace):
+                await self._reconcile_guard(namespace, want)
+        return None
 
     async def _reconcile_guard(self, netns: str, want: desired.HostWiring) -> None:
         """The nftables of one namespace changed: read back, repaired."""
@@ -203,39 +202,39 @@ class Agent:
             changes += await self.kernel_thread.call(self.kernel.remove_host)
         return changes
 
-    async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> None:
+    async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> list[str]:
         wiring = want.pods.get(uid)
         if wiring is None:
-            await self._remove_pod(uid, want)
-            return
+            return await self._remove_pod(uid, want, runtime_netns=self.detaching.pop(uid, ""))
         router = want.routers[wiring.vni]
         changes = await self.kernel_thread.call(self.kernel.ensure_router_for_pod, router, want.host_sets())
-        changes += await self.kernel_thread.call(self.kernel.ensure_pod, wiring, router.netns)
+        changes += await self.kernel_thread.call(self.kernel.pods.ensure, wiring, router.netns)
         self._log(changes)
         await self.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
+        return changes
 
-    async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> bool:
+    async def _remove_pod(self, uid: str, want: desired.HostWiring, runtime_netns: str = "") -> list[str]:
         """Unwire pod uid wherever it is; runtime_netns names the runtime's
-        namespace when it was attached through CNI. True if anything went."""
+        namespace when it was attached through CNI."""
         owned = await self.kernel_thread.call(self.kernel.owned_netns)
         routers = [n for n in owned if names.router_vni(self.node, n) is not None]
         changes: list[str] = []
         for router_ns in routers:
-            links = await self.kernel_thread.call(self.kernel.router_pod_links, router_ns)
+            links = await self.kernel_thread.call(self.kernel.pods.links_in, router_ns)
             if uid in links:
                 netns = runtime_netns or names.pod_netns(self.node, uid)
                 changes += await self.kernel_thread.call(
-                    self.kernel.remove_pod, uid, router_ns, links[uid], netns, not runtime_netns
+                    self.kernel.pods.remove, uid, router_ns, links[uid], netns, not runtime_netns
                 )
                 if names.router_vni(self.node, router_ns) not in want.routers:
                     changes += await self._remove_router(router_ns, want)
         pod_ns = names.pod_netns(self.node, uid)
         if pod_ns in owned:
-            changes += await self.kernel_thread.call(self.kernel.remove_orphan_netns, pod_ns)
+            changes += await self.kernel_thread.call(self.kernel.pods.remove_orphan, pod_ns)
         self._log(changes)
         if not runtime_netns:
             await self.reports.forget(uid)
-        return bool(changes)
+        return changes
 
     async def _full(self, want: desired.HostWiring) -> None:
         if self.registration is not None:
@@ -246,16 +245,16 @@ class Agent:
         changes: list[str] = []
         for name in owned:
             if names.is_pod_netns(self.node, name) and name not in wanted_pod_ns:
-                changes += await self.kernel_thread.call(self.kernel.remove_orphan_netns, name)
+                changes += await self.kernel_thread.call(self.kernel.pods.remove_orphan, name)
             elif names.router_vni(self.node, name) is not None and name not in wanted_router_ns:
                 changes += await self.kernel_thread.call(self.kernel.remove_router, name, want.host_sets())
         for router in want.routers.values():
             if router.netns in owned:
-                links = await self.kernel_thread.call(self.kernel.router_pod_links, router.netns)
+                links = await self.kernel_thread.call(self.kernel.pods.links_in, router.netns)
                 for uid, ifname in links.items():
                     if uid not in want.pods:
                         changes += await self.kernel_thread.call(
-                            self.kernel.remove_pod, uid, router.netns, ifname, "", False
+                            self.kernel.pods.remove, uid, router.netns, ifname, "", False
                         )
         # The host's own table lives while the host has routers.
         if want.routers:
@@ -267,15 +266,27 @@ class Agent:
         local = {p.metadata.uid for p in self.pods.values() if p.spec.node_name == self.node}
         await self.reports.forget_all_but(set(want.pods) | set(self.attached) | local)
         for vni in want.routers:
-            self.reconciler.enqueue(f"router:{vni}")
+            self.reconciler.enqueue(Router(vni))
         for uid in want.pods:
-            self.reconciler.enqueue(f"pod:{uid}")
+            self.reconciler.enqueue(Pod(uid))
 
     def _log(self, changes: list[str]) -> None:
         for change in changes:
             log.info("kernel: %s", change)
 
     # ------------------------------------------------------ API helpers
+
+    async def settle_pod(self, pod: objects_pb2.Pod | None, uid: str = "") -> list[str]:
+        """Has the reconciler bring one pod's wiring to what is wanted now."""
+        uid = uid or (pod.metadata.uid if pod is not None else "")
+        try:
+            changes: list[str] | None = await self.reconciler.settle(Pod(uid), timeout=ATTACH_TIMEOUT)
+        except TimeoutError:
+            name = pod.metadata.name if pod is not None else uid
+            raise unavailable(
+                f"pod {name}: the agent did not finish its wiring within {ATTACH_TIMEOUT:.0f} s; retry"
+            ) from None
+        return changes or []
 
     def find_pod(self, ref: netagent_pb2.PodRef) -> objects_pb2.Pod:
         if not (ref.tenant and ref.name):
@@ -303,90 +314,3 @@ class Agent:
             dns_search=[f"{wiring.namespace}.svc.cluster.local", "svc.cluster.local", "cluster.local"],
             dns_options=["ndots:5"],
         )
-
-
-class AgentServicer(netagent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    @unary
-    async def Attach(self, request: netagent_pb2.AttachRequest, context: Context) -> netagent_pb2.AttachResponse:
-        agent = self.agent
-        pod = agent.find_pod(request.pod)
-        uid = pod.metadata.uid
-        runtime = pod.metadata.annotations.get(desired.RUNTIME_NETNS) == "runtime"
-        if request.interface_name and request.interface_name != "eth0":
-            raise invalid("interface_name: pinet wires eth0 only")
-        if request.netns_path:
-            if not runtime:
-                raise invalid(
-                    f"netns_path: pod {pod.metadata.name} is not runtime-managed "
-                    f"(annotate it {desired.RUNTIME_NETNS}: runtime)"
-                )
-            if not request.netns_path.startswith("/run/netns/") and not request.netns_path.startswith(
-                "/var/run/netns/"
-            ):
-                raise invalid("netns_path: must be a named namespace under /run/netns")
-            path = request.netns_path.replace("/var/run/netns/", "/run/netns/")
-            previous = agent.attached.get(uid)
-            if previous and previous != path:
-                raise failed_precondition(f"pod {pod.metadata.name} is attached to {previous} already")
-            agent.attached[uid] = path
-        elif runtime and uid not in agent.attached:
-            raise invalid("netns_path: required for a runtime-managed pod")
-        want = agent.wanted()
-        wiring = want.pods[uid]
-        router = want.routers[wiring.vni]
-        changes = await agent.kernel_thread.call(agent.kernel.ensure_router_for_pod, router, want.host_sets())
-        changes += await agent.kernel_thread.call(agent.kernel.ensure_pod, wiring, router.netns)
-        agent._log(changes)
-        await agent.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))
-        return netagent_pb2.AttachResponse(attachment=agent.attachment(wiring, router), created=bool(changes))
-
-    @unary
-    async def Detach(self, request: netagent_pb2.DetachRequest, context: Context) -> netagent_pb2.DetachResponse:
-        agent = self.agent
-        ref = request.pod
-        pod = agent.pods.get(PODS.key(ref.tenant, ref.namespace or "default", ref.name)) if ref.tenant else None
-        uid = ref.uid or (pod.metadata.uid if pod is not None else "")
-        if pod is not None and pod.metadata.annotations.get(desired.RUNTIME_NETNS) != "runtime":
-            raise failed_precondition(f"pod {pod.metadata.name} is wired by the agent itself; delete the pod instead")
-        if not uid or uid not in agent.attached:
-            return netagent_pb2.DetachResponse(removed=False)
-        path = agent.attached.pop(uid)
-        removed = await agent._remove_pod(uid, agent.wanted(), runtime_netns=path)
-        if pod is not None:
-            m = pod.metadata
-            await agent.reports.report(m.tenant, m.namespace, m.name, m.uid, False, "", "detached")
-        agent.reconciler.enqueue("full")
-        return netagent_pb2.DetachResponse(removed=removed)
-
-    @unary
-    async def Check(self, request: netagent_pb2.CheckRequest, context: Context) -> netagent_pb2.CheckResponse:
-        agent = self.agent
-        pod = agent.find_pod(request.pod)
-        want = agent.wanted()
-        wiring = want.pods.get(pod.metadata.uid)
-        if wiring is None:
-            return netagent_pb2.CheckResponse(healthy=False, problems=["the pod is not attached"])
-        router = want.routers[wiring.vni]
-        problems = await agent.kernel_thread.call(agent.kernel.check_pod, wiring, router.netns)
-        return netagent_pb2.CheckResponse(
-            healthy=not problems, problems=problems, attachment=agent.attachment(wiring, router)
-        )
-
-    @unary
-    async def List(self, request: netagent_pb2.ListRequest, context: Context) -> netagent_pb2.ListResponse:
-        want = self.agent.wanted()
-        size = min(request.page_size or 500, 5000)
-        uids = sorted(
-            uid for uid, w in want.pods.items()
-            if (not request.tenant or w.tenant == request.tenant) and uid > request.page_token
-        )  # fmt: skip
-        resp = netagent_pb2.ListResponse()
-        for uid in uids[:size]:
-            wiring = want.pods[uid]
-            resp.attachments.append(self.agent.attachment(wiring, want.routers[wiring.vni]))
-        if len(uids) > size:
-            resp.next_page_token = uids[size - 1]
-        return resp

@@ -17,9 +17,10 @@ from pinet.hostnet.netns import add_host_netns_argument
 from pinet.hostnet.netns import host_netns as host_netns_name
 from pinet.runtime.service import BaseApp, Runtime, main_for
 from services.netagent import isolation
-from services.netagent.agent import Agent, AgentServicer
+from services.netagent.agent import Agent
 from services.netagent.kernel import Kernel
 from services.netagent.registration import NodeRegistration
+from services.netagent.servicer import AgentServicer
 
 log = logging.getLogger(__name__)
 

@@ -8,15 +8,16 @@ absence is how everyone else learns that the host stopped answering.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from pinet.api.network.v1 import objects_pb2
-from pinet.etcd.client import Etcd, EtcdError
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import EtcdError
 from pinet.etcd.keyspace import NODE_LEASES, NODES
 from pinet.etcd.lease import Lease
 from pinet.objects.meta import now
 from pinet.objects.store import for_storage, update
+from pinet.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,7 @@ class NodeRegistration:
                     await asyncio.sleep(1)
 
     async def stop(self, deregister: bool = False) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self.lease is not None:
             await self.lease.close()
         if deregister:

@@ -1,0 +1,27 @@
+"""What the netagent's reconciler works on: the whole host, one tenant
+router (its forwarding entries to the tenant's other hosts), one pod's
+wiring, or the nftables guard of one namespace ("" = the host's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pinet.runtime.reconcile import FullPass
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    vni: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    key: str
+
+
+AgentKey = FullPass | Router | Pod | Guard
