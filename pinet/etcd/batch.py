@@ -21,14 +21,16 @@ of 20,000 claims in batches of 64).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aetcd import rpc
 
-from pinet.etcd.client import Etcd, TxnResult, nested_txns
+from pinet.etcd.client import Etcd
+from pinet.etcd.txn import nested_txns
+from pinet.etcd.values import TxnResult
+from pinet.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,8 @@ class TxnBatcher:
             self._task = asyncio.create_task(self._run(), name="txn-batcher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for pending in self._queue:
             if not pending.future.done():
                 pending.future.cancel()

@@ -11,15 +11,20 @@ from the last revision it saw. Every controller in pinet is built on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from pinet.etcd.client import Compacted, Etcd, EtcdError, EtcdUnavailable, KeyValue
+from google.protobuf.message import Message
+
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import Compacted, EtcdError, EtcdUnavailable
+from pinet.etcd.keyspace import Kind
+from pinet.etcd.values import KeyValue
+from pinet.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +158,8 @@ class Informer(Generic[T]):
         return self._task
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def run(self) -> None:
         backoff = 0.05
@@ -269,3 +271,51 @@ class Informer(Generic[T]):
                 else:
                     waiting.append((rev, fut))
             self._revision_waiters = waiting
+
+
+M = TypeVar("M", bound=Message)
+
+
+class InformerSet:
+    """The informers one component follows: declared in one place, started
+    together, ready when every one of them has listed, stopped together.
+
+        informers = InformerSet(etcd, "lb")
+        services = informers.follow(SERVICES)
+        await informers.start()  # returns once all are synced
+    """
+
+    def __init__(self, etcd: Etcd, owner: str) -> None:
+        self.etcd = etcd
+        self.owner = owner
+        self._informers: list[Informer[Any]] = []
+
+    def follow(self, kind: Kind[M], name: str = "") -> Informer[M]:
+        """An informer of every object of kind (named owner-kind in logs)."""
+        return self.follow_prefix(kind.prefix, kind.decode, name or kind.name)
+
+    def follow_prefix(self, prefix: bytes, decode: Callable[[bytes], T], name: str) -> Informer[T]:
+        informer: Informer[T] = Informer(self.etcd, prefix, decode, f"{self.owner}-{name}")
+        self._informers.append(informer)
+        return informer
+
+    def __iter__(self) -> Iterator[Informer[Any]]:
+        return iter(self._informers)
+
+    @property
+    def revision(self) -> int:
+        """The newest revision any of them has seen."""
+        return max((i.revision for i in self._informers), default=0)
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced for i in self._informers)
+
+    async def start(self, timeout: float | None = None) -> None:
+        for informer in self._informers:
+            informer.start()
+        await asyncio.wait_for(asyncio.gather(*(i.wait_synced() for i in self._informers)), timeout)
+
+    async def stop(self) -> None:
+        for informer in self._informers:
+            await informer.stop()

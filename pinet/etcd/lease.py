@@ -7,8 +7,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from pinet.etcd.client import Etcd, EtcdError, EtcdUnavailable, key_missing, op_get, op_put
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import EtcdError, EtcdUnavailable
 from pinet.etcd.keyspace import leader_key
+from pinet.etcd.txn import key_missing, op_get, op_put
+from pinet.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +56,8 @@ class Lease:
         self.lost.set()
 
     async def close(self, revoke: bool = True) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if revoke and self.id and not self.lost.is_set():
             with contextlib.suppress(EtcdError):
                 await self.etcd.revoke(self.id)

@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from pinet.etcd.client import Etcd, EtcdError, prefix_end
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import translate
 from pinet.etcd.keyspace import (
     DEPLOYMENTS,
     ENDPOINTS,
@@ -37,6 +38,7 @@ from pinet.etcd.keyspace import (
     Kind,
     leader_key,
 )
+from pinet.etcd.txn import prefix_end
 from pinet.pki.identity import Identity
 
 
@@ -163,4 +165,4 @@ async def _call(awaitable: Awaitable[Any]) -> Any:
     try:
         return await awaitable
     except grpc.aio.AioRpcError as exc:
-        raise EtcdError(f"etcd auth: {exc.code().name}: {exc.details()}") from exc
+        raise translate(exc) from exc

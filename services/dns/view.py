@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
+from pinet.objects import protocol
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Service:
         return not self.cluster_ip and not self.external_name
 
 
-def _proto(value: int) -> str:
-    return "udp" if value == meta_pb2.PROTOCOL_UDP else "tcp"
+def _port(name: str, value: int, number: int) -> Port:
+    return Port(name, protocol.kernel_name(value), number)
 
 
 def project_service(svc: objects_pb2.Service) -> Service:
@@ -51,13 +51,15 @@ def project_service(svc: objects_pb2.Service) -> Service:
         name=svc.metadata.name,
         cluster_ip="" if headless or external else svc.spec.cluster_ip,
         external_name=external,
-        ports=tuple(Port(p.name, _proto(p.protocol), p.port) for p in svc.spec.ports),
+        ports=tuple(_port(p.name, p.protocol, p.port) for p in svc.spec.ports),
     )
 
 
 def project_endpoints(ep: objects_pb2.Endpoints) -> tuple[Endpoint, ...]:
     return tuple(
-        Endpoint(e.ip, e.hostname, e.ready, tuple(Port(p.name, _proto(p.protocol), p.port) for p in e.ports))
+        Endpoint(
+            e.ip, e.hostname, e.ready, tuple(Port(p.name, protocol.kernel_name(p.protocol), p.port) for p in e.ports)
+        )
         for e in ep.endpoints
     )
 

@@ -20,7 +20,7 @@ from pinet.runtime.service import BaseApp, Runtime, main_for
 from services.ipam.cache import PoolCache
 from services.ipam.gc import GarbageCollector
 from services.ipam.pools import FLOATING_POOL
-from services.ipam.server import IpamServicer
+from services.ipam.servicer import IpamServicer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import socket
 
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.informer import Event, EventType, InformerSet
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS
 from pinet.runtime.errors import ApiError
 from services.ipam.pools import PoolLayout
@@ -25,8 +25,10 @@ def _raw(value: bytes) -> bytes:
 class PoolCache:
     def __init__(self, etcd: Etcd) -> None:
         self.etcd = etcd
-        self.pools: Informer[ipam_pb2.Pool] = Informer(etcd, IPAM_POOLS.prefix, IPAM_POOLS.decode, "ipam-pools")
-        self.addresses: Informer[bytes] = Informer(etcd, IPAM_ADDRESSES.prefix, _raw, "ipam-addresses")
+        self.informers = InformerSet(etcd, "ipam")
+        self.pools = self.informers.follow(IPAM_POOLS)
+        # Address values are decoded only when someone reads them.
+        self.addresses = self.informers.follow_prefix(IPAM_ADDRESSES.prefix, _raw, "addresses")
         self.states: dict[str, PoolState] = {}
         # The pools informer's objects by pool name, for the allocation path.
         self._by_name: dict[str, ipam_pb2.Pool] = {}
@@ -34,14 +36,10 @@ class PoolCache:
         self.addresses.subscribe(self._on_address)
 
     async def start(self) -> None:
-        self.pools.start()
-        self.addresses.start()
-        await self.pools.wait_synced()
-        await self.addresses.wait_synced()
+        await self.informers.start()
 
     async def stop(self) -> None:
-        await self.pools.stop()
-        await self.addresses.stop()
+        await self.informers.stop()
 
     def pool(self, name: str) -> ipam_pb2.Pool | None:
         return self._by_name.get(name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.informer import Event, EventType, InformerSet
 from pinet.etcd.keyspace import IPAM_ADDRESSES, NODE_LEASES, PODS, SERVICES, TENANTS
 from services.ipam import store
 from services.ipam.cache import PoolCache
@@ -78,10 +78,11 @@ class GarbageCollector:
         self.owner_grace = owner_grace
         self.node_grace = node_grace
         self.interval = interval
-        self.node_leases: Informer[objects_pb2.Node] = Informer(etcd, NODE_LEASES.prefix, NODE_LEASES.decode)
-        self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode)
-        self.services: Informer[objects_pb2.Service] = Informer(etcd, SERVICES.prefix, SERVICES.decode)
-        self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode)
+        self.informers = InformerSet(etcd, "ipam-gc")
+        self.node_leases = self.informers.follow(NODE_LEASES)
+        self.pods = self.informers.follow(PODS)
+        self.services = self.informers.follow(SERVICES)
+        self.tenants = self.informers.follow(TENANTS)
         self._lost_since: dict[str, float] = {}
         self._wake = asyncio.Event()
         self.released = 0
@@ -103,12 +104,8 @@ class GarbageCollector:
         return now - self._lost_since.setdefault(node, now)
 
     async def run(self) -> None:
-        informers = (self.node_leases, self.pods, self.services, self.tenants)
-        for informer in informers:
-            informer.start()
         try:
-            for informer in informers:
-                await informer.wait_synced()
+            await self.informers.start()
             while True:
                 await self.sweep()
                 self._wake.clear()
@@ -121,8 +118,7 @@ class GarbageCollector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
-            for informer in informers:
-                await informer.stop()
+            await self.informers.stop()
 
     def _facts(self, alloc: ipam_pb2.Allocation, now: float, wall: float) -> Facts:
         age = wall - alloc.allocated_at.ToSeconds() if alloc.HasField("allocated_at") else float("inf")

@@ -11,17 +11,10 @@ import grpc
 
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.etcd.batch import TxnBatcher
-from pinet.etcd.client import (
-    Etcd,
-    KeyValue,
-    create_all_request,
-    mod_revision_is,
-    op_delete,
-    op_get_prefix,
-    op_put,
-    prefix_empty,
-)
+from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_HANDLES
+from pinet.etcd.txn import create_all_request, mod_revision_is, op_delete, op_get_prefix, op_put, prefix_empty
+from pinet.etcd.values import KeyValue
 from pinet.runtime.errors import ApiError, failed_precondition, permission_denied
 
 

@@ -24,9 +24,9 @@ from services.network.audit import audit_servicer
 from services.network.auth import TokenStore, token_hash
 from services.network.controllers import run_controllers
 from services.network.deps import Deps
+from services.network.informers import ClusterView
 from services.network.ipam_client import IpamClient
 from services.network.tenants import Tenants
-from services.network.view import ClusterView
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class NetworkApp(BaseApp):
         view = ClusterView(rt.etcd)
         ipam = IpamClient(rt.args.ipam, rt.tls)
         rt.reopeners.append(ipam.reopen)
-        self.deps = Deps(rt.etcd, view, ipam, Tenants(rt.etcd, view, ipam), TokenStore(rt.etcd))
+        self.deps = Deps(rt.etcd, view, ipam, Tenants(rt.etcd, view, ipam), TokenStore(rt.etcd, view.tokens))
         rt.add_servicer(
             "pinet.network.v1.AdminService",
             network_pb2_grpc.add_AdminServiceServicer_to_server,
@@ -68,8 +68,6 @@ class NetworkApp(BaseApp):
     async def start(self, rt: Runtime) -> None:
         assert self.deps is not None
         await rt.etcd.wait_ready(timeout=60)
-        self.deps.tokens.informer.start()
-        await self.deps.tokens.informer.wait_synced()
         await self.deps.view.start()
         if rt.args.bootstrap_dir:
             # ipam may still be starting (or restarting): wait for it.

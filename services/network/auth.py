@@ -36,9 +36,10 @@ def new_token() -> str:
 
 
 class TokenStore:
-    def __init__(self, etcd: Etcd) -> None:
+    def __init__(self, etcd: Etcd, informer: Informer[objects_pb2.TokenRecord]) -> None:
+        """informer: the network service's informer of token records."""
         self.etcd = etcd
-        self.informer: Informer[objects_pb2.TokenRecord] = Informer(etcd, TOKENS.prefix, TOKENS.decode, "tokens")
+        self.informer = informer
 
     async def issue(self, tenant: str, admin: bool, description: str) -> tuple[str, objects_pb2.TokenRecord]:
         token = new_token()

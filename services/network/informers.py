@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.informer import Event, EventType, Informer
+from pinet.etcd.informer import Event, EventType, InformerSet
 from pinet.etcd.keyspace import (
     DEPLOYMENTS,
     ENDPOINTS,
@@ -18,6 +18,7 @@ from pinet.etcd.keyspace import (
     PODS,
     SERVICES,
     TENANTS,
+    TOKENS,
 )
 
 Scope = tuple[str, str]  # (tenant, namespace)
@@ -25,30 +26,18 @@ Scope = tuple[str, str]  # (tenant, namespace)
 
 class ClusterView:
     def __init__(self, etcd: Etcd) -> None:
-        self.tenants: Informer[objects_pb2.Tenant] = Informer(etcd, TENANTS.prefix, TENANTS.decode, "tenants")
-        self.nodes: Informer[objects_pb2.Node] = Informer(etcd, NODES.prefix, NODES.decode, "nodes")
-        self.node_leases: Informer[objects_pb2.Node] = Informer(
-            etcd, NODE_LEASES.prefix, NODE_LEASES.decode, "node-leases"
-        )
-        self.pods: Informer[objects_pb2.Pod] = Informer(etcd, PODS.prefix, PODS.decode, "pods")
-        self.services: Informer[objects_pb2.Service] = Informer(etcd, SERVICES.prefix, SERVICES.decode, "services")
-        self.endpoints: Informer[objects_pb2.Endpoints] = Informer(
-            etcd, ENDPOINTS.prefix, ENDPOINTS.decode, "endpoints"
-        )
-        self.deployments: Informer[objects_pb2.Deployment] = Informer(
-            etcd, DEPLOYMENTS.prefix, DEPLOYMENTS.decode, "deployments"
-        )
-        self.node_ports: Informer[objects_pb2.NodePortClaim] = Informer(
-            etcd, NODE_PORTS.prefix, NODE_PORTS.decode, "node-ports"
-        )
-        # What the agents report of the pods they wired (podstatus.py).
-        self.pod_network: Informer[objects_pb2.Pod] = Informer(
-            etcd, POD_NETWORK.prefix, POD_NETWORK.decode, "pod-network"
-        )
-        self.all = (
-            self.tenants, self.nodes, self.node_leases, self.pods, self.services, self.endpoints, self.deployments,
-            self.node_ports, self.pod_network,
-        )  # fmt: skip
+        self.informers = InformerSet(etcd, "network")
+        self.tenants = self.informers.follow(TENANTS)
+        self.nodes = self.informers.follow(NODES)
+        self.node_leases = self.informers.follow(NODE_LEASES)
+        self.pods = self.informers.follow(PODS)
+        self.services = self.informers.follow(SERVICES)
+        self.endpoints = self.informers.follow(ENDPOINTS)
+        self.deployments = self.informers.follow(DEPLOYMENTS)
+        self.node_ports = self.informers.follow(NODE_PORTS)
+        # What the agents report of the pods they wired (pinet.objects.podnetwork).
+        self.pod_network = self.informers.follow(POD_NETWORK)
+        self.tokens = self.informers.follow(TOKENS)  # fmt: skip
         # Indexes kept by the informers' own events.
         self.pods_by_scope: dict[Scope, dict[str, objects_pb2.Pod]] = defaultdict(dict)
         self.services_by_scope: dict[Scope, dict[str, objects_pb2.Service]] = defaultdict(dict)
@@ -57,14 +46,10 @@ class ClusterView:
         self.services.subscribe(self._index_service)
 
     async def start(self) -> None:
-        for informer in self.all:
-            informer.start()
-        for informer in self.all:
-            await informer.wait_synced()
+        await self.informers.start()
 
     async def stop(self) -> None:
-        for informer in self.all:
-            await informer.stop()
+        await self.informers.stop()
 
     def node_ready(self, name: str) -> bool:
         return bool(name) and NODE_LEASES.key(name) in self.node_leases

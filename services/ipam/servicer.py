@@ -10,8 +10,9 @@ import grpc
 
 from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.etcd.batch import TxnBatcher
-from pinet.etcd.client import Etcd, key_missing, op_delete, op_put, prefix_empty, unchanged_since
+from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import IPAM_ADDRESSES, IPAM_POOLS, NODE_LEASES
+from pinet.etcd.txn import key_missing, op_delete, op_put, prefix_empty, unchanged_since
 from pinet.objects.meta import stamp
 from pinet.runtime.errors import (
     ApiError,
@@ -23,6 +24,7 @@ from pinet.runtime.errors import (
     out_of_range,
     permission_denied,
 )
+from pinet.runtime.paging import page_after, page_size
 from pinet.runtime.servicer import unary
 from services.ipam import store
 from services.ipam.cache import PoolCache
@@ -40,14 +42,11 @@ _OWNER_KIND_OF_POOL = {
     ipam_pb2.POOL_KIND_SERVICE: ipam_pb2.OWNER_KIND_SERVICE,
     ipam_pb2.POOL_KIND_FLOATING: ipam_pb2.OWNER_KIND_FLOATING_IP,
 }
-DEFAULT_PAGE = 500
-MAX_PAGE = 5000
+PAGES = (500, 5000)  # default and largest page size
 
 
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid("page_size: must not be negative")
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
+def pool_name(pool: ipam_pb2.Pool) -> str:
+    return pool.name
 
 
 class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
@@ -119,18 +118,12 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
 
     @unary
     async def ListPools(self, request: ipam_pb2.ListPoolsRequest, context: Context) -> ipam_pb2.ListPoolsResponse:
-        limit = page_size(request.page_size)
         pools = sorted(
             (p for p in self.cache.pools.values() if not request.tenant or p.tenant == request.tenant),
-            key=lambda p: p.name,
+            key=pool_name,
         )
-        pools = [p for p in pools if p.name > request.page_token]
-        resp = ipam_pb2.ListPoolsResponse()
-        for pool in pools[:limit]:
-            resp.pools.append(await self._status(pool))
-        if len(pools) > limit:
-            resp.next_page_token = pools[limit - 1].name
-        return resp
+        page, token = page_after(pools, pool_name, request.page_token, page_size(request.page_size, *PAGES))
+        return ipam_pb2.ListPoolsResponse(pools=[await self._status(p) for p in page], next_page_token=token)
 
     @unary
     async def DeletePool(self, request: ipam_pb2.DeletePoolRequest, context: Context) -> ipam_pb2.DeletePoolResponse:
@@ -301,7 +294,7 @@ class IpamServicer(ipam_pb2_grpc.IpamServiceServicer):
     async def ListAllocations(
         self, request: ipam_pb2.ListAllocationsRequest, context: Context
     ) -> ipam_pb2.ListAllocationsResponse:
-        limit = page_size(request.page_size)
+        limit = page_size(request.page_size, *PAGES)
         if request.pool:
             self._pool(request.pool)
         prefix = IPAM_ADDRESSES.scope_prefix(request.pool) if request.pool else IPAM_ADDRESSES.prefix
