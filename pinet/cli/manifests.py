@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
+from pinet.objects import protocol
 
 KINDS = {"Pod": "v1", "Service": "v1", "Deployment": "apps/v1"}
 
@@ -133,10 +134,10 @@ class _Parser:
 
     def protocol(self, value: Any, path: str) -> int:
         text = self.str_(value, path) or "TCP"
-        try:
-            return {"TCP": meta_pb2.PROTOCOL_TCP, "UDP": meta_pb2.PROTOCOL_UDP}[text]
-        except KeyError:
-            raise self.err(path, f"{text!r} is not supported: TCP or UDP") from None
+        chosen = protocol.from_manifest(text)
+        if chosen is None:
+            raise self.err(path, f"{text!r} is not supported: TCP or UDP")
+        return chosen
 
     def meta(self, value: Any) -> meta_pb2.ObjectMeta:
         m = _map(value, f"{self.where}: metadata")
@@ -248,10 +249,6 @@ def timestamp(ts: Timestamp) -> str:
     return dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _proto(value: int) -> str:
-    return "UDP" if value == meta_pb2.PROTOCOL_UDP else "TCP"
-
-
 def _meta(m: meta_pb2.ObjectMeta) -> dict[str, Any]:
     out: dict[str, Any] = {"name": m.name, "namespace": m.namespace or "default"}
     if m.labels:
@@ -284,7 +281,7 @@ def _pod_spec(s: objects_pb2.PodSpec) -> dict[str, Any]:
                 {
                     **({"name": p.name} if p.name else {}),
                     "containerPort": p.container_port,
-                    "protocol": _proto(p.protocol),
+                    "protocol": protocol.manifest_name(p.protocol),
                 }
                 for p in c.ports
             ]
@@ -326,7 +323,7 @@ def render(obj: Message) -> dict[str, Any]:
             spec["selector"] = dict(s.selector)
         ports = []
         for p in s.ports:
-            pd: dict[str, Any] = {"protocol": _proto(p.protocol), "port": p.port}
+            pd: dict[str, Any] = {"protocol": protocol.manifest_name(p.protocol), "port": p.port}
             if p.name:
                 pd["name"] = p.name
             pd["targetPort"] = p.target_port_name or p.target_port or p.port
@@ -361,8 +358,9 @@ def render(obj: Message) -> dict[str, Any]:
             "apiVersion": "v1", "kind": "Endpoints", "metadata": _meta(obj.metadata),
             "endpoints": [
                 {"ip": e.ip, "nodeName": e.node_name, "targetRef": {"kind": "Pod", "name": e.pod_name},
-                 "ready": e.ready, "ports": [{"name": p.name, "port": p.port, "protocol": _proto(p.protocol)}
-                                             for p in e.ports]}
+                 "ready": e.ready,
+                 "ports": [{"name": p.name, "port": p.port, "protocol": protocol.manifest_name(p.protocol)}
+                           for p in e.ports]}
                 for e in obj.endpoints
             ],
         }  # fmt: skip

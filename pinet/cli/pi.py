@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 # The CLI says what went wrong in one line of its own; grpc's C core would
 # otherwise log each failed TLS handshake to stderr as well.
@@ -19,130 +20,19 @@ import yaml
 from google.protobuf.message import Message
 
 from pinet.api.common.v1 import meta_pb2
-from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
-from pinet.cli import manifests, tables
+from pinet.api.network.v1 import network_pb2, objects_pb2
+from pinet.cli import kinds, manifests, tables
+from pinet.cli.client import Client, CliError, fail, open_channel
+from pinet.cli.kinds import Kind
+from pinet.objects import protocol as transport
 
 DEFAULT_API = "127.0.0.1:7700"
-
-KIND_ALIASES = {
-    **dict.fromkeys(("pod", "pods", "po"), "pod"),
-    **dict.fromkeys(("service", "services", "svc"), "service"),
-    **dict.fromkeys(("endpoints", "endpoint", "ep"), "endpoints"),
-    **dict.fromkeys(("fip", "fips", "floatingip", "floatingips"), "fip"),
-    **dict.fromkeys(("node", "nodes", "no"), "node"),
-    **dict.fromkeys(("deployment", "deployments", "deploy"), "deployment"),
-}
-
-REASONS = {
-    grpc.StatusCode.NOT_FOUND: "NotFound",
-    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
-    grpc.StatusCode.INVALID_ARGUMENT: "Invalid",
-    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
-    grpc.StatusCode.PERMISSION_DENIED: "Forbidden",
-    grpc.StatusCode.UNAUTHENTICATED: "Unauthorized",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
-    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
-    grpc.StatusCode.ABORTED: "Conflict",
-}
-
-
-class CliError(Exception):
-    pass
-
-
-def fail(message: str) -> NoReturn:
-    raise CliError(message)
-
-
-def find_token(explicit: str) -> str:
-    if explicit:
-        return explicit
-    if os.environ.get("PINET_TOKEN"):
-        return os.environ["PINET_TOKEN"].strip()
-    candidates = [os.environ.get("PINET_TOKEN_FILE", ""), ".pinet/token", str(Path.home() / ".config/pinet/token")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).read_text().strip()
-    fail(
-        "no token: give --token, set PINET_TOKEN or PINET_TOKEN_FILE, "
-        "or run in a checkout where scripts/up wrote .pinet/token"
-    )
-
-
-SYSTEM_TRUST = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
-
-
-def find_ca(explicit: str) -> Path | None:
-    """The CA to verify the API with: --ca, PINET_CA, the local stack's
-    .pinet/pki/ca.crt, ~/.config/pinet/ca.crt; None: the system's."""
-    candidates = [explicit, os.environ.get("PINET_CA", "")]
-    if explicit or candidates[1]:
-        chosen = Path(explicit or candidates[1])
-        if not chosen.is_file():
-            fail(f"the CA file {chosen} does not exist")
-        return chosen
-    for candidate in (Path(".pinet/pki/ca.crt"), Path.home() / ".config/pinet/ca.crt"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _is_loopback(server: str) -> bool:
-    host = server.rpartition(":")[0].strip("[]") or server
-    return host in ("localhost", "127.0.0.1", "::1")
-
-
-def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    """TLS to the API, verified against the cluster CA (or the system's
-    trust store). Plaintext only with --insecure, and then only to a
-    loopback address: a bearer token never crosses a network in clear."""
-    if args.insecure:
-        if not _is_loopback(args.server):
-            fail(f"--insecure sends your token in clear: only to a loopback address, not {args.server}")
-        return grpc.insecure_channel(args.server)
-    ca = find_ca(args.ca)
-    if ca is not None:
-        roots = ca.read_bytes()
-    else:
-        system = next((Path(p) for p in SYSTEM_TRUST if Path(p).is_file()), None)
-        roots = system.read_bytes() if system is not None else None  # type: ignore[assignment]
-    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
-    return grpc.secure_channel(args.server, grpc.ssl_channel_credentials(roots), options=options)
-
-
-class Client:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.server = args.server
-        self.tls = not args.insecure
-        self.channel = open_channel(args)
-        self.api = network_pb2_grpc.NetworkServiceStub(self.channel)
-        self.admin = network_pb2_grpc.AdminServiceStub(self.channel)
-        metadata = [("authorization", f"Bearer {find_token(args.token)}")]
-        if args.as_tenant:
-            metadata.append(("x-pinet-tenant", args.as_tenant))
-        self.metadata = tuple(metadata)
-        self.namespace = args.namespace
-
-    def __call__(self, method: Callable[..., Any], request: Message) -> Any:
-        try:
-            return method(request, metadata=self.metadata, timeout=30)
-        except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-            details = exc.details()  # type: ignore[attr-defined]
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and "ipam" not in str(details):
-                if self.tls and ("handshake" in str(details).lower() or "ssl" in str(details).lower()):
-                    fail(f"the TLS handshake with {self.server} failed ({details}); check --ca / PINET_CA")
-                fail(f"cannot reach the pinet API at {self.server} ({details}); is `scripts/up` running?")
-            fail(f"Error from server ({REASONS.get(code, code.name)}): {details}")
-
-    def ref(self, name: str) -> network_pb2.ObjectRef:
-        return network_pb2.ObjectRef(namespace=self.namespace, name=name)
 
 
 # ----------------------------------------------------------------- output
 
 
-def emit(objs: Sequence[Message], output: str, kind: str, single: bool) -> None:
+def emit(objs: Sequence[Message], output: str, kind: Kind, single: bool) -> None:
     if output in ("yaml", "json"):
         rendered = [manifests.render(o) for o in objs]
         doc: Any = rendered[0] if single else {"apiVersion": "v1", "kind": "List", "items": rendered}
@@ -153,25 +43,13 @@ def emit(objs: Sequence[Message], output: str, kind: str, single: bool) -> None:
         return
     if output == "name":
         for o in objs:
-            print(f"{kind}/{name_of(o)}")
+            print(f"{kind.name}/{kind.name_of(o)}")
         return
     wide = output == "wide"
     if not objs:
         print("No resources found.", file=sys.stderr)
         return
-    render_table: dict[str, Callable[[Any, bool], str]] = {
-        "pod": tables.pod_rows, "service": tables.service_rows, "endpoints": tables.endpoints_rows,
-        "fip": tables.fip_rows, "node": tables.node_rows, "deployment": tables.deployment_rows,
-    }  # fmt: skip
-    print(render_table[kind](objs, wide))
-
-
-def name_of(obj: Any) -> str:
-    if isinstance(obj, objects_pb2.FloatingIP):
-        return str(obj.address)
-    if isinstance(obj, objects_pb2.Node):
-        return str(obj.name)
-    return str(obj.metadata.name)
+    print(kind.rows(objs, wide))
 
 
 # --------------------------------------------------------------- commands
@@ -194,15 +72,19 @@ def read_manifests(paths: Sequence[str]) -> list[manifests.Document]:
     return docs
 
 
-def create_document(c: Client, doc: manifests.Document) -> Message:
+def manifest_kind(c: Client, doc: manifests.Document) -> Kind:
+    """The document's kind, its object put in the client's namespace when
+    it names none."""
     obj: Any = doc.obj
     if c.namespace and not obj.metadata.namespace:
         obj.metadata.namespace = c.namespace
-    if doc.kind == "Pod":
-        return c(c.api.CreatePod, network_pb2.CreatePodRequest(pod=obj))  # type: ignore[no-any-return]
-    if doc.kind == "Service":
-        return c(c.api.CreateService, network_pb2.CreateServiceRequest(service=obj))  # type: ignore[no-any-return]
-    return c(c.api.CreateDeployment, network_pb2.CreateDeploymentRequest(deployment=obj))  # type: ignore[no-any-return]
+    return kinds.BY_MANIFEST[doc.kind]
+
+
+def create_document(c: Client, doc: manifests.Document) -> Message:
+    kind = manifest_kind(c, doc)
+    assert kind.create is not None
+    return kind.create(c, doc.obj)
 
 
 def cmd_create(c: Client, args: argparse.Namespace) -> None:
@@ -219,145 +101,67 @@ def cmd_create(c: Client, args: argparse.Namespace) -> None:
         fail("pi create: give -f FILE (or -f - for stdin), or `pi create fip`")
     for doc in read_manifests(args.filename):
         created = create_document(c, doc)
-        print(f"{doc.kind.lower()}/{name_of(created)}")
+        print(f"{doc.kind.lower()}/{kinds.BY_MANIFEST[doc.kind].name_of(created)}")
 
 
 def cmd_apply(c: Client, args: argparse.Namespace) -> None:
     for doc in read_manifests(args.filename):
+        kind = manifest_kind(c, doc)
         obj: Any = doc.obj
-        if c.namespace and not obj.metadata.namespace:
-            obj.metadata.namespace = c.namespace
-        ref = network_pb2.ObjectRef(namespace=obj.metadata.namespace, name=obj.metadata.name)
-        getters: dict[str, Callable[..., Any]] = {
-            "Pod": c.api.GetPod, "Service": c.api.GetService, "Deployment": c.api.GetDeployment,
-        }  # fmt: skip
-        getter = getters[doc.kind]
-        try:
-            getter(ref, metadata=c.metadata, timeout=30)
-            exists = True
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
-                c(getter, ref)
-            exists = False
-        if not exists:
+        name, namespace = obj.metadata.name, obj.metadata.namespace
+        if not c.found(functools.partial(kind.get, c, name, namespace)):
             created = create_document(c, doc)
-            print(f"{doc.kind.lower()}/{name_of(created)} created")
+            print(f"{doc.kind.lower()}/{kind.name_of(created)} created")
             continue
-        if doc.kind == "Pod":
-            c(c.api.UpdatePod, network_pb2.UpdatePodRequest(pod=obj))
-        elif doc.kind == "Service":
-            c(c.api.UpdateService, network_pb2.UpdateServiceRequest(service=obj))
-        else:
-            c(c.api.UpdateDeployment, network_pb2.UpdateDeploymentRequest(deployment=obj))
+        assert kind.update is not None
+        kind.update(c, obj)
         print(f"{doc.kind.lower()}/{obj.metadata.name} configured")
 
 
-def _kind(text: str) -> str:
-    kind = KIND_ALIASES.get(text.lower())
-    if kind is None:
-        fail(f"unknown resource type {text!r}: pods, services (svc), endpoints (ep), fip, nodes, deployments")
-    return kind
-
-
 def cmd_get(c: Client, args: argparse.Namespace) -> None:
-    kind = _kind(args.kind)
+    kind = kinds.lookup(args.kind)
     options = meta_pb2.ListOptions(
         namespace="" if args.all_namespaces else (c.namespace or "default"), label_selector=args.selector or ""
     )
-    objs: list[Message]
-    if args.names:
-        objs = [get_one(c, kind, name) for name in args.names]
-    elif kind == "pod":
-        objs = list(_all(c, c.api.ListPods, network_pb2.ListPodsRequest(options=options), "pods"))
-    elif kind == "service":
-        objs = list(_all(c, c.api.ListServices, network_pb2.ListServicesRequest(options=options), "services"))
-    elif kind == "endpoints":
-        objs = list(_all(c, c.api.ListEndpoints, network_pb2.ListEndpointsRequest(options=options), "endpoints"))
-    elif kind == "deployment":
-        objs = list(_all(c, c.api.ListDeployments, network_pb2.ListDeploymentsRequest(options=options), "deployments"))
-    elif kind == "node":
-        options.namespace = ""
-        objs = list(_all(c, c.api.ListNodes, network_pb2.ListNodesRequest(options=options), "nodes"))
-    else:
-        objs = list(c(c.api.ListFloatingIPs, network_pb2.ListFloatingIPsRequest()).floating_ips)
+    objs = [kind.get(c, name, "") for name in args.names] if args.names else kind.list(c, options)
     emit(objs, args.output or "", kind, single=bool(args.names) and len(args.names) == 1)
 
 
-def _all(c: Client, method: Callable[..., Any], request: Any, field: str) -> list[Message]:
-    out: list[Message] = []
-    while True:
-        resp = c(method, request)
-        out += list(getattr(resp, field))
-        if not resp.list_meta.next_page_token:
-            return out
-        request.options.page_token = resp.list_meta.next_page_token
-
-
-def get_one(c: Client, kind: str, name: str) -> Message:
-    if kind == "pod":
-        return c(c.api.GetPod, c.ref(name))  # type: ignore[no-any-return]
-    if kind == "service":
-        return c(c.api.GetService, c.ref(name))  # type: ignore[no-any-return]
-    if kind == "endpoints":
-        return c(c.api.GetEndpoints, c.ref(name))  # type: ignore[no-any-return]
-    if kind == "deployment":
-        return c(c.api.GetDeployment, c.ref(name))  # type: ignore[no-any-return]
-    if kind == "node":
-        return c(c.api.GetNode, network_pb2.GetNodeRequest(name=name))  # type: ignore[no-any-return]
-    return c(c.api.GetFloatingIP, network_pb2.GetFloatingIPRequest(address=name))  # type: ignore[no-any-return]
-
-
 def cmd_describe(c: Client, args: argparse.Namespace) -> None:
-    kind = _kind(args.kind)
+    kind = kinds.lookup(args.kind)
     for i, name in enumerate(args.names):
         if i:
             print()
-        if kind == "service":
-            svc = c(c.api.GetService, c.ref(name))
-            ep = c(c.api.GetEndpoints, c.ref(name))
-            print(tables.describe_service(svc, ep))
-        elif kind == "pod":
-            print(tables.describe_pod(c(c.api.GetPod, c.ref(name))))
+        if kind.describe is not None:
+            print(kind.describe(c, name))
         else:
-            print(yaml.safe_dump(manifests.render(get_one(c, kind, name)), sort_keys=False).rstrip())
+            print(yaml.safe_dump(manifests.render(kind.get(c, name, "")), sort_keys=False).rstrip())
 
 
 def cmd_delete(c: Client, args: argparse.Namespace) -> None:
-    targets: list[tuple[str, str]] = []
+    targets: list[tuple[Kind, str]] = []
     if args.filename:
         for doc in read_manifests(args.filename):
-            targets.append((doc.kind.lower(), doc.obj.metadata.name))  # type: ignore[attr-defined]
+            targets.append((kinds.BY_MANIFEST[doc.kind], doc.obj.metadata.name))  # type: ignore[attr-defined]
     elif args.kind:
-        kind = _kind(args.kind)
+        kind = kinds.lookup(args.kind)
         if not args.names:
             fail(f"pi delete {args.kind}: give the name(s) to delete")
         targets += [(kind, name) for name in args.names]
     else:
         fail("pi delete: give KIND NAME... or -f FILE")
     for kind, name in targets:
-        if kind == "pod":
-            c(c.api.DeletePod, c.ref(name))
-        elif kind == "service":
-            c(c.api.DeleteService, c.ref(name))
-        elif kind == "deployment":
-            c(c.api.DeleteDeployment, c.ref(name))
-        elif kind == "fip":
-            c(c.api.ReleaseFloatingIP, network_pb2.ReleaseFloatingIPRequest(address=name))
-        else:
-            fail(f"pi delete: {kind} cannot be deleted")
-        print(f"{kind}/{name} deleted")
+        if kind.delete is None:
+            fail(f"pi delete: {kind.name} cannot be deleted")
+        kind.delete(c, name)
+        print(f"{kind.name}/{name} deleted")
 
 
 def cmd_expose(c: Client, args: argparse.Namespace) -> None:
-    kind = _kind(args.kind)
-    if kind == "deployment":
-        selector = dict(c(c.api.GetDeployment, c.ref(args.name)).spec.selector)
-    elif kind == "pod":
-        selector = dict(c(c.api.GetPod, c.ref(args.name)).metadata.labels)
-        if not selector:
-            fail(f"pod {args.name} has no labels to select it by; add some with `pi apply`")
-    else:
+    kind = kinds.lookup(args.kind)
+    if kind.selector is None:
         fail("pi expose: only deployments and pods can be exposed")
+    selector = kind.selector(c, args.name)
     types = {"ClusterIP": 1, "NodePort": 2, "LoadBalancer": 3}
     if args.type not in types:
         fail(f"--type must be one of {', '.join(types)}")
@@ -375,7 +179,7 @@ def cmd_expose(c: Client, args: argparse.Namespace) -> None:
             load_balancer_ip=args.load_balancer_ip or "",
             ports=[
                 objects_pb2.ServicePort(
-                    port=args.port, protocol=meta_pb2.PROTOCOL_UDP if args.protocol == "UDP" else meta_pb2.PROTOCOL_TCP,
+                    port=args.port, protocol=transport.from_manifest(args.protocol) or transport.TCP,
                     **target,
                 )
             ],
@@ -386,7 +190,7 @@ def cmd_expose(c: Client, args: argparse.Namespace) -> None:
 
 
 def cmd_scale(c: Client, args: argparse.Namespace) -> None:
-    if _kind(args.kind) != "deployment":
+    if kinds.lookup(args.kind).name != "deployment":
         fail("pi scale: only deployments can be scaled")
     c(c.api.ScaleDeployment, network_pb2.ScaleDeploymentRequest(ref=c.ref(args.name), replicas=args.replicas))
     print(f"deployment/{args.name} scaled")

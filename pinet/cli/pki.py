@@ -78,7 +78,8 @@ def etcd_roles_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from pinet.etcd import rbac
-    from pinet.etcd.client import Etcd, EtcdError
+    from pinet.etcd.client import Etcd
+    from pinet.etcd.errors import EtcdError
     from pinet.runtime.tls import Tls, TlsFiles
 
     async def run() -> list[str]:

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
 from pinet.cli.manifests import POD_PHASES, SERVICE_TYPES, timestamp
+from pinet.objects import protocol
 
 NONE = "<none>"
 
@@ -38,10 +38,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def proto(value: int) -> str:
-    return "UDP" if value == meta_pb2.PROTOCOL_UDP else "TCP"
-
-
 def labels(values: Mapping[str, str]) -> str:
     items = dict(values)
     return ",".join(f"{k}={v}" for k, v in sorted(items.items())) or NONE
@@ -68,7 +64,7 @@ def service_ports(svc: objects_pb2.Service) -> str:
     parts = []
     for p in svc.spec.ports:
         port = f"{p.port}:{p.node_port}" if p.node_port else str(p.port)
-        parts.append(f"{port}/{proto(p.protocol)}")
+        parts.append(f"{port}/{protocol.manifest_name(p.protocol)}")
     return ",".join(parts) or NONE
 
 
@@ -168,10 +164,10 @@ def describe_service(svc: objects_pb2.Service, ep: objects_pb2.Endpoints | None)
         lines.append(("LoadBalancer Ingress:", svc.status.load_balancer_ingress_ip))
     for p in s.ports:
         name = p.name or "<unset>"
-        lines.append(("Port:", f"{name}  {p.port}/{proto(p.protocol)}"))
-        lines.append(("TargetPort:", f"{p.target_port_name or p.target_port}/{proto(p.protocol)}"))
+        lines.append(("Port:", f"{name}  {p.port}/{protocol.manifest_name(p.protocol)}"))
+        lines.append(("TargetPort:", f"{p.target_port_name or p.target_port}/{protocol.manifest_name(p.protocol)}"))
         if p.node_port:
-            lines.append(("NodePort:", f"{name}  {p.node_port}/{proto(p.protocol)}"))
+            lines.append(("NodePort:", f"{name}  {p.node_port}/{protocol.manifest_name(p.protocol)}"))
         if ep is not None:
             addresses = [f"{e.ip}:{ep_port.port}" for e in ep.endpoints if e.ready for ep_port in e.ports
                          if ep_port.name == p.name]  # fmt: skip

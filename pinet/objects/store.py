@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from pinet.etcd.client import Etcd, KeyValue
+from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import Kind
+from pinet.etcd.values import KeyValue
 
 M = TypeVar("M", bound=Message)
 

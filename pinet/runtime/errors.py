@@ -3,6 +3,8 @@ person can act on (turned into a gRPC status by pinet.runtime.servicer)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 
@@ -13,37 +15,21 @@ class ApiError(Exception):
         self.message = message
 
 
-def invalid(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def _with_code(code: grpc.StatusCode) -> Callable[[str], ApiError]:
+    def make(message: str) -> ApiError:
+        return ApiError(code, message)
+
+    return make
 
 
-def not_found(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.NOT_FOUND, message)
-
-
-def already_exists(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.ALREADY_EXISTS, message)
-
-
-def failed_precondition(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, message)
-
-
-def exhausted(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-
-
-def permission_denied(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.PERMISSION_DENIED, message)
-
-
-def out_of_range(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.OUT_OF_RANGE, message)
-
-
-def aborted(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.ABORTED, message)
-
-
-def unauthenticated(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNAUTHENTICATED, message)
+# One constructor per status the API answers with: raise invalid("spec.x: ...").
+invalid = _with_code(grpc.StatusCode.INVALID_ARGUMENT)
+not_found = _with_code(grpc.StatusCode.NOT_FOUND)
+already_exists = _with_code(grpc.StatusCode.ALREADY_EXISTS)
+failed_precondition = _with_code(grpc.StatusCode.FAILED_PRECONDITION)
+exhausted = _with_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+permission_denied = _with_code(grpc.StatusCode.PERMISSION_DENIED)
+out_of_range = _with_code(grpc.StatusCode.OUT_OF_RANGE)
+aborted = _with_code(grpc.StatusCode.ABORTED)
+unauthenticated = _with_code(grpc.StatusCode.UNAUTHENTICATED)
+unavailable = _with_code(grpc.StatusCode.UNAVAILABLE)

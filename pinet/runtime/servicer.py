@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from pinet.etcd.client import EtcdUnavailable
+from pinet.etcd.errors import EtcdUnavailable
 from pinet.runtime.errors import ApiError
 from pinet.runtime.metrics import call_metrics
 
@@ -39,6 +39,35 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], otherwise: str) -> s
     return otherwise if code is None else str(code)
 
 
+class _Edge:
+    """Around one call: counts and times it by how it ended, and turns an
+    exception into the call's status."""
+
+    __slots__ = ("context", "metrics", "name", "started")
+
+    def __init__(self, servicer: object, name: str, context: grpc.aio.ServicerContext[Any, Any], timed: bool) -> None:
+        self.context = context
+        self.name = name
+        self.metrics = call_metrics(type(servicer), name)
+        self.started = time.perf_counter() if timed else None
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            self.metrics.finished("OK", self.started)
+        elif isinstance(exc, grpc.aio.AbortError):
+            self.metrics.finished(_code_name(self.context, "UNKNOWN"), self.started)
+        elif isinstance(exc, Exception):
+            status, message = _status_for(exc, self.name)
+            self.metrics.finished(status.name, self.started)
+            await self.context.abort(status, message)
+        else:
+            self.metrics.finished("CANCELLED", self.started)
+        return False
+
+
 def unary(
     fn: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
@@ -49,23 +78,9 @@ def unary(
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        started = time.perf_counter()
-        code = "OK"
-        try:
+        async with _Edge(self, name, context, timed=True):
             return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            code = _code_name(context, "UNKNOWN")
-            raise
-        except Exception as exc:
-            status, message = _status_for(exc, name)
-            code = status.name
-            await context.abort(status, message)
-            raise AssertionError("unreachable") from exc
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            call_metrics(type(self), name).finished(code, started)
+        raise AssertionError("unreachable: the edge aborts the call")
 
     return wrapper
 
@@ -78,21 +93,8 @@ def stream(
 
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Resp]:
-        code = "OK"
-        try:
+        async with _Edge(self, name, context, timed=False):
             async for item in fn(self, request, context):
                 yield item
-        except grpc.aio.AbortError:
-            code = _code_name(context, "UNKNOWN")
-            raise
-        except Exception as exc:
-            status, message = _status_for(exc, name)
-            code = status.name
-            await context.abort(status, message)
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            call_metrics(type(self), name).finished(code)
 
     return wrapper

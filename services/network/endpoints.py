@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
+from pinet.objects import protocol as transport
 from services.network.selectors import map_matches
 
 
@@ -13,10 +13,10 @@ def target_port(port: objects_pb2.ServicePort, pod: objects_pb2.Pod) -> int | No
     """The pod port a service port sends to; None when a named target port
     is not declared by the pod (that pod then does not serve that port)."""
     if port.target_port_name:
-        protocol = port.protocol or meta_pb2.PROTOCOL_TCP
+        protocol = transport.effective(port.protocol)
         for container in pod.spec.containers:
             for cp in container.ports:
-                if cp.name == port.target_port_name and (cp.protocol or meta_pb2.PROTOCOL_TCP) == protocol:
+                if cp.name == port.target_port_name and transport.effective(cp.protocol) == protocol:
                     return cp.container_port
         return None
     return port.target_port or port.port
@@ -57,9 +57,7 @@ def compute(
             resolved = target_port(port, pod)
             if resolved is not None:
                 endpoint.ports.append(
-                    objects_pb2.EndpointPort(
-                        name=port.name, port=resolved, protocol=port.protocol or meta_pb2.PROTOCOL_TCP
-                    )
+                    objects_pb2.EndpointPort(name=port.name, port=resolved, protocol=transport.effective(port.protocol))
                 )
         if endpoint.ports or not service.spec.ports:
             out.append(endpoint)

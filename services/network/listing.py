@@ -13,7 +13,8 @@ from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import Kind
 from pinet.objects.store import with_version
 from pinet.runtime.errors import invalid
-from services.network.deps import page_size
+from pinet.runtime.paging import page_size
+from services.network.deps import DEFAULT_PAGE, MAX_PAGE
 
 M = TypeVar("M", bound=Message)
 
@@ -40,7 +41,7 @@ async def list_objects(
 ) -> tuple[list[M], meta_pb2.ListMeta]:
     """One page of objects under prefix that keep() accepts. Every page of
     one listing reads the same revision, so paging is consistent."""
-    limit = page_size(options)
+    limit = page_size(options.page_size, DEFAULT_PAGE, MAX_PAGE, "options.page_size")
     start, revision = _decode_token(options.page_token, prefix)
     out: list[M] = []
     while True:

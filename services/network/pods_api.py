@@ -8,8 +8,8 @@ import string
 
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.api.network.v1 import objects_pb2
-from pinet.etcd.client import mod_revision_is, op_delete
 from pinet.etcd.keyspace import DEPLOYMENTS, NODES, PODS
+from pinet.etcd.txn import mod_revision_is, op_delete
 from pinet.objects.meta import new_uid, now
 from pinet.objects.store import get, update
 from pinet.runtime.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found

@@ -13,11 +13,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinet.api.common.v1 import meta_pb2
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.api.network.v1 import objects_pb2
-from pinet.etcd.client import key_missing, mod_revision_is, op_delete, op_put, unchanged_since
 from pinet.etcd.keyspace import ENDPOINTS, FIP_BINDINGS, NODE_PORTS, SERVICES
+from pinet.etcd.txn import key_missing, mod_revision_is, op_delete, op_put, unchanged_since
+from pinet.objects import protocol as transport
 from pinet.objects.meta import new_uid, now
 from pinet.objects.store import for_storage, get
 from pinet.runtime.errors import ApiError, aborted, already_exists, failed_precondition, invalid, not_found
@@ -26,7 +26,6 @@ from services.ipam.store import address_key
 from services.network import validation
 from services.network.deps import Deps, namespace, service_pool
 
-TCP = meta_pb2.PROTOCOL_TCP
 CLUSTER_IP = objects_pb2.SERVICE_TYPE_CLUSTER_IP
 NODE_PORT = objects_pb2.SERVICE_TYPE_NODE_PORT
 LOAD_BALANCER = objects_pb2.SERVICE_TYPE_LOAD_BALANCER
@@ -36,12 +35,8 @@ ATTEMPTS = 5
 Pair = tuple[int, int]  # (protocol, port)
 
 
-def proto_name(protocol: int) -> str:
-    return "UDP" if protocol == meta_pb2.PROTOCOL_UDP else "TCP"
-
-
 def node_port_key(pair: Pair) -> bytes:
-    return NODE_PORTS.key(f"{proto_name(pair[0]).lower()}-{pair[1]}")
+    return NODE_PORTS.key(f"{transport.manifest_name(pair[0]).lower()}-{pair[1]}")
 
 
 def binding_key(address: str, tenant: str, ns: str, name: str) -> bytes:
@@ -55,7 +50,7 @@ def apply_defaults(svc: objects_pb2.Service) -> None:
     if spec.session_affinity == objects_pb2.SESSION_AFFINITY_CLIENT_IP and not spec.session_affinity_timeout_seconds:
         spec.session_affinity_timeout_seconds = validation.DEFAULT_AFFINITY_TIMEOUT
     for port in spec.ports:
-        port.protocol = port.protocol or TCP
+        port.protocol = transport.effective(port.protocol)
         if not port.target_port and not port.target_port_name:
             port.target_port = port.port
 
@@ -66,7 +61,7 @@ def has_cluster_ip(svc: objects_pb2.Service) -> bool:
 
 def node_ports_of(svc: objects_pb2.Service) -> dict[Pair, int]:
     """(protocol, service port) -> node port, for the ports that have one."""
-    return {(p.protocol or TCP, p.port): p.node_port for p in svc.spec.ports if p.node_port}
+    return {(transport.effective(p.protocol), p.port): p.node_port for p in svc.spec.ports if p.node_port}
 
 
 @dataclass
@@ -87,7 +82,7 @@ def plan_node_ports(
     taken = {(c.protocol, c.port) for c in deps.view.node_ports.values()}
     held: set[Pair] = set()
     for i, port in enumerate(svc.spec.ports):
-        proto = port.protocol or TCP
+        proto = transport.effective(port.protocol)
         if not port.node_port:
             port.node_port = held_before.get((proto, port.port), 0) or free_node_port(taken | held, proto)
         pair: Pair = (int(proto), port.node_port)
@@ -95,7 +90,9 @@ def plan_node_ports(
         if pair in owned:
             continue
         if pair in taken:
-            raise already_exists(f"spec.ports[{i}].nodePort: {proto_name(proto)} {port.node_port} is already in use")
+            raise already_exists(
+                f"spec.ports[{i}].nodePort: {transport.manifest_name(proto)} {port.node_port} is already in use"
+            )
         claim = objects_pb2.NodePortClaim(
             protocol=proto, port=port.node_port, tenant=tenant, namespace=ns, service=name
         )
@@ -114,7 +111,9 @@ def free_node_port(taken: set[Pair], protocol: int) -> int:
         port = validation.NODE_PORT_MIN + (start + offset) % span
         if (protocol, port) not in taken:
             return port
-    raise failed_precondition(f"every {proto_name(protocol)} node port ({validation.NODE_PORT_MIN}-32767) is in use")
+    raise failed_precondition(
+        f"every {transport.manifest_name(protocol)} node port ({validation.NODE_PORT_MIN}-32767) is in use"
+    )
 
 
 async def plan_binding(deps: Deps, tenant: str, ns: str, name: str, svc: objects_pb2.Service, plan: Plan) -> None:
@@ -127,7 +126,7 @@ async def plan_binding(deps: Deps, tenant: str, ns: str, name: str, svc: objects
             f"spec.loadBalancerIP: {address} is not one of your floating IPs (pi get fip; pi create fip)"
         )
     bindings, list_revision = await deps.etcd.list_prefix(FIP_BINDINGS.scope_prefix(address))
-    wanted = {(p.protocol or TCP, p.port) for p in svc.spec.ports}
+    wanted = {(transport.effective(p.protocol), p.port) for p in svc.spec.ports}
     for bkv in bindings:
         other = FIP_BINDINGS.decode(bkv.value)
         if (other.tenant, other.namespace, other.service) == (tenant, ns, name):
@@ -135,7 +134,7 @@ async def plan_binding(deps: Deps, tenant: str, ns: str, name: str, svc: objects
         for bound in other.ports:
             if (bound.protocol, bound.port) in wanted:
                 raise already_exists(
-                    f"spec.ports: {proto_name(bound.protocol)} port {bound.port} of floating IP {address} "
+                    f"spec.ports: {transport.manifest_name(bound.protocol)} port {bound.port} of floating IP {address} "
                     f"is already used by service {other.namespace}/{other.service}"
                 )
     binding = objects_pb2.FloatingIPBinding(
@@ -154,7 +153,9 @@ async def _explain_failure(deps: Deps, plan: Plan, svc: objects_pb2.Service, req
     was taken meanwhile; otherwise the caller retries."""
     for i, pair in plan.new_node_ports:
         if i in requested and await deps.etcd.get(node_port_key(pair)) is not None:
-            raise already_exists(f"spec.ports[{i}].nodePort: {proto_name(pair[0])} {pair[1]} is already in use")
+            raise already_exists(
+                f"spec.ports[{i}].nodePort: {transport.manifest_name(pair[0])} {pair[1]} is already in use"
+            )
 
 
 async def create_service(deps: Deps, tenant: str, svc: objects_pb2.Service) -> objects_pb2.Service:

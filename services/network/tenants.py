@@ -11,8 +11,9 @@ import grpc
 
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.api.network.v1 import objects_pb2
-from pinet.etcd.client import Etcd, key_missing, mod_revision_is, op_delete, op_put
+from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import DEPLOYMENTS, PODS, SERVICES, TENANTS, VNIS
+from pinet.etcd.txn import key_missing, mod_revision_is, op_delete, op_put
 from pinet.objects.meta import now
 from pinet.runtime.errors import ApiError, aborted, exhausted, failed_precondition, not_found
 from services.ipam.pools import (
@@ -24,8 +25,8 @@ from services.ipam.pools import (
     service_pool_name,
 )
 from services.network import validation
+from services.network.informers import ClusterView
 from services.network.ipam_client import IpamClient
-from services.network.view import ClusterView
 
 if TYPE_CHECKING:
     from services.network.auth import TokenStore

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from pinet.api.common.v1 import meta_pb2
 from pinet.api.network.v1 import objects_pb2
+from pinet.objects import protocol as transport
 from pinet.runtime.errors import ApiError, invalid
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -22,7 +23,6 @@ IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 NODE_PORT_MIN, NODE_PORT_MAX = 30000, 32767
 MAX_AFFINITY_TIMEOUT = 86400
 DEFAULT_AFFINITY_TIMEOUT = 10800
-PROTOCOLS = (meta_pb2.PROTOCOL_TCP, meta_pb2.PROTOCOL_UDP)
 
 
 def fail(path: str, message: str) -> ApiError:
@@ -108,7 +108,7 @@ def port_name(value: str, path: str) -> None:
 
 
 def protocol(value: int, path: str) -> None:
-    if value not in PROTOCOLS:
+    if value not in transport.KNOWN:
         raise fail(path, "must be TCP or UDP")
 
 
@@ -146,13 +146,13 @@ def pod_spec(spec: objects_pb2.PodSpec, path: str = "spec") -> None:
         for j, p in enumerate(c.ports):
             ppath = f"{cpath}.ports[{j}]"
             port_number(p.container_port, f"{ppath}.containerPort")
-            protocol(p.protocol or meta_pb2.PROTOCOL_TCP, f"{ppath}.protocol")
+            protocol(transport.effective(p.protocol), f"{ppath}.protocol")
             if p.name:
                 port_name(p.name, f"{ppath}.name")
                 if p.name in port_names:
                     raise fail(f"{ppath}.name", f"duplicate port name {p.name!r}")
                 port_names.add(p.name)
-            pair = (p.container_port, p.protocol or meta_pb2.PROTOCOL_TCP)
+            pair = (p.container_port, transport.effective(p.protocol))
             if pair in seen_ports:
                 raise fail(f"{ppath}.containerPort", f"duplicate port {p.container_port}")
             seen_ports.add(pair)
@@ -238,7 +238,7 @@ def service_ports(spec: objects_pb2.ServiceSpec, kind: int, headless: bool) -> N
             if p.name in names:
                 raise fail(f"{path}.name", f"duplicate port name {p.name!r}")
             names.add(p.name)
-        proto = p.protocol or meta_pb2.PROTOCOL_TCP
+        proto = transport.effective(p.protocol)
         protocol(proto, f"{path}.protocol")
         port_number(p.port, f"{path}.port")
         if (proto, p.port) in pairs:

@@ -9,7 +9,8 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from pinet.api.common.v1 import meta_pb2
-from pinet.etcd.client import Compacted, Etcd
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import Compacted
 from pinet.etcd.keyspace import Kind
 from pinet.objects.store import with_version
 from pinet.runtime.errors import out_of_range
