@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pinet.devstack.etcd import EtcdServer, free_port
-from pinet.etcd.client import Etcd, key_missing, op_put
+from pinet.etcd.client import Etcd
+from pinet.etcd.txn import key_missing, op_put
 from pinet.pki import authority
 from pinet.pki.identity import Identity, cluster_identities
 from pinet.runtime.probe import wait_serving

@@ -22,8 +22,9 @@ import dns.query
 from bench.common import throwaway_etcd
 from pinet.api.network.v1 import objects_pb2
 from pinet.devstack.etcd import free_port
-from pinet.etcd.client import Etcd, op_put
+from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import SERVICES
+from pinet.etcd.txn import op_put
 from pinet.runtime.probe import wait_serving
 
 ZONE = "cluster.local"

@@ -14,6 +14,9 @@ from pinet.devstack.hosts import netns_names, sh
 from pinet.etcd.client import Etcd
 from tests.helpers import tls
 
+# Fixtures more than one test package uses.
+pytest_plugins = ["tests.helpers.fixtures"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_namespaces() -> Iterator[None]:

@@ -15,8 +15,8 @@ from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.cli import manifests
 from pinet.devstack.etcd import EtcdServer, free_port
 from tests.helpers.agent import FakeWiringAgents
+from tests.helpers.platform import Platform, Tenant
 from tests.helpers.procs import ServiceProcess
-from tests.network.conftest import Platform, Tenant
 
 OBJECTS = """
 apiVersion: v1

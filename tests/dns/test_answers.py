@@ -4,8 +4,10 @@ cases, asked with dnspython and with dig over UDP and TCP."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dns.flags
@@ -17,7 +19,6 @@ import pytest
 
 from pinet.api.network.v1 import network_pb2
 from tests.dns.conftest import DnsLab
-from tests.network.conftest import platform  # noqa: F401  (module fixture reused)
 
 Z = "cluster.local"
 
@@ -126,22 +127,33 @@ def check(case: Case, reply: dns.message.Message, how: str) -> None:
     assert reply.edns == 0, f"{where}: EDNS0 is echoed"
 
 
-def test_there_are_at_least_40_cases() -> None:
-    ips = {k: "10.244.0.10" for k in ("web", "db-0", "db-1", "api", "web-1")}
-    assert len(cases(ips)) >= 40
+def every_failure(attempts: list[Callable[[], None]]) -> None:
+    """Runs every check, then fails with all that failed: one wrong answer
+    does not hide the others."""
+    failures = []
+    for attempt in attempts:
+        try:
+            attempt()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, f"{len(failures)} of {len(attempts)} failed:\n" + "\n".join(failures)
 
 
 async def test_table_with_dnspython_over_udp_and_tcp(dns_lab: DnsLab) -> None:
+    attempts: list[Callable[[], None]] = []
     for case in cases(dns_lab.ips):
         for tcp in (False, True):
             reply = await asyncio.to_thread(ask_dnspython, dns_lab.port, case.name, case.qtype, tcp)
-            check(case, reply, "dnspython/tcp" if tcp else "dnspython/udp")
+            where = "dnspython/tcp" if tcp else "dnspython/udp"
+            attempts.append(functools.partial(check, case, reply, where))
+    every_failure(attempts)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_table_with_dig(dns_lab: DnsLab, transport: str) -> None:
     # Async, with dig in a thread: the test's event loop keeps the node
     # heartbeats of the fixture's agents going meanwhile.
+    attempts: list[Callable[[], None]] = []
     for case in cases(dns_lab.ips):
         out = await asyncio.to_thread(
             subprocess.run,
@@ -150,11 +162,15 @@ async def test_table_with_dig(dns_lab: DnsLab, transport: str) -> None:
             capture_output=True, text=True, timeout=20, check=False,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        wire = dns.message.from_text(_dig_to_message(out.stdout))
-        try:
-            check(case, wire, f"dig/{transport}")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{out.stdout}") from None
+        attempts.append(functools.partial(_check_dig, case, out.stdout, transport))
+    every_failure(attempts)
+
+
+def _check_dig(case: Case, printed: str, transport: str) -> None:
+    try:
+        check(case, dns.message.from_text(_dig_to_message(printed)), f"dig/{transport}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{printed}") from None
 
 
 def _dig_to_message(text: str) -> str:

@@ -15,7 +15,6 @@ import dns.query
 import pytest
 
 from tests.dns.conftest import DnsLab
-from tests.network.conftest import platform  # noqa: F401  (module fixture reused)
 
 Z = "cluster.local"
 

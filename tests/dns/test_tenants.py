@@ -14,14 +14,14 @@ import pytest
 from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from tests.dns.conftest import create_objects
+from tests.helpers.cloud import Cloud
 from tests.helpers.procs import ServiceProcess
-from tests.netagent.conftest import Cloud, cloud  # noqa: F401  (module fixture reused)
 
 RESOLVE = "import socket, sys\ntry:\n print(socket.gethostbyname(sys.argv[1]))\nexcept OSError as e:\n print('ERR', e)"
 
 
 @pytest.fixture(scope="module")
-async def dns_proc(etcd_server: EtcdServer, cloud: Cloud) -> AsyncIterator[ServiceProcess]:  # noqa: F811
+async def dns_proc(etcd_server: EtcdServer, cloud: Cloud) -> AsyncIterator[ServiceProcess]:
     proc = await ServiceProcess(
         "dns", etcd_server.endpoint, ["--hosts", ",".join(cloud.hosts.hosts), "--dns-listen", ""]
     ).start()
@@ -29,11 +29,11 @@ async def dns_proc(etcd_server: EtcdServer, cloud: Cloud) -> AsyncIterator[Servi
     await proc.terminate()
 
 
-def resolve(cloud: Cloud, pod: objects_pb2.Pod, name: str) -> str:  # noqa: F811
+def resolve(cloud: Cloud, pod: objects_pb2.Pod, name: str) -> str:
     return str(cloud.in_pod(pod, sys.executable, "-c", RESOLVE, name).stdout.strip())
 
 
-async def test_each_tenant_sees_its_own_names(cloud: Cloud, dns_proc: ServiceProcess) -> None:  # noqa: F811
+async def test_each_tenant_sees_its_own_names(cloud: Cloud, dns_proc: ServiceProcess) -> None:
     a, b = await cloud.tenant("dns-a"), await cloud.tenant("dns-b")
     svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n"
     a_ips = await create_objects(a, svc)

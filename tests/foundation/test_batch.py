@@ -13,16 +13,9 @@ from aetcd import rpc
 
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.batch import TxnBatcher
-from pinet.etcd.client import (
-    Etcd,
-    EtcdUnavailable,
-    create_all_request,
-    key_missing,
-    nested_txns,
-    op_get,
-    op_put,
-    op_txn,
-)
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import EtcdUnavailable
+from pinet.etcd.txn import create_all_request, key_missing, nested_txns, op_get, op_put, op_txn
 
 
 def test_nested_txns_frames_like_protobuf() -> None:

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Callable
 
 from pinet.devstack.etcd import EtcdServer
-from pinet.etcd.client import Etcd, EtcdUnavailable
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import EtcdUnavailable
 from pinet.etcd.informer import Event, EventType, Informer
 from tests.helpers.tcpproxy import TcpProxy
 

@@ -5,13 +5,13 @@ through the same calls a netagent makes, without touching the kernel."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, Informer
 from pinet.etcd.keyspace import PODS
 from pinet.objects.podnetwork import set_network_ready
+from pinet.runtime.tasks import cancel_and_wait
 from services.netagent.registration import NodeRegistration
 
 
@@ -58,10 +58,7 @@ class FakeWiringAgents:
             reg._task.cancel()
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        await cancel_and_wait(self.task)
         await self.pods.stop()
         for reg in self.registrations.values():
             await reg.stop()

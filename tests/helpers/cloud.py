@@ -17,8 +17,8 @@ import grpc
 from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.hosts import SimulatedHosts
 from pinet.devstack.stack import cni_socket
+from tests.helpers.platform import Tenant
 from tests.helpers.procs import ServiceProcess
-from tests.network.conftest import Tenant
 
 
 @dataclass

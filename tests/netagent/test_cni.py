@@ -10,8 +10,8 @@ from typing import Any
 
 from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.stack import cni_socket
+from tests.helpers.cloud import Cloud
 from tests.helpers.procs import ROOT
-from tests.netagent.conftest import Cloud
 
 PLUGIN = os.path.join(ROOT, ".venv/bin/pinet-cni")
 

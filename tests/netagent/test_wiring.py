@@ -13,8 +13,8 @@ import time
 from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.hosts import INTERNET_IP
+from tests.helpers.cloud import Cloud
 from tests.helpers.traffic import CHATTER, ECHO, connect, serve
-from tests.netagent.conftest import Cloud
 
 
 async def test_pod_to_pod_on_one_host_and_across_hosts_keeps_the_source_ip(cloud: Cloud) -> None:

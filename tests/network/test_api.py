@@ -16,7 +16,7 @@ from pinet.cli import manifests
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import ENDPOINTS
 from tests.helpers.agent import FakeWiringAgents
-from tests.network.conftest import Platform, Tenant
+from tests.helpers.platform import Platform, Tenant
 
 
 def pod(

@@ -15,9 +15,9 @@ import pytest
 
 from pinet.api.network.v1 import network_pb2
 from tests.helpers import tls
+from tests.helpers.platform import Platform
 from tests.helpers.procs import ROOT
-from tests.lb.conftest import service
-from tests.network.conftest import Platform
+from tests.helpers.services import service
 
 EXAMPLE = Path(ROOT) / "examples" / "node-client"
 

@@ -14,8 +14,8 @@ from pinet.api.network.v1 import network_pb2, network_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd.keyspace import leader_key
 from tests.helpers.agent import FakeWiringAgents
+from tests.helpers.platform import Tenant
 from tests.helpers.procs import ServiceProcess
-from tests.network.conftest import Tenant
 from tests.network.test_api import endpoint_ips, pod, service_from_yaml, wait_for
 
 

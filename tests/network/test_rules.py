@@ -12,7 +12,7 @@ from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.keyspace import FIP_BINDINGS, IPAM_ADDRESSES, IPAM_POOLS, NODE_PORTS, VNIS
 from tests.helpers.agent import FakeWiringAgents
-from tests.network.conftest import Platform, Tenant
+from tests.helpers.platform import Platform, Tenant
 from tests.network.test_api import pod
 
 

@@ -18,10 +18,10 @@ from pinet.api.network.v1 import network_pb2, objects_pb2
 from pinet.devstack.etcd import EtcdServer
 from pinet.devstack.hosts import INTERNET_IP
 from tests.helpers.cloud import Cloud, running_cloud
+from tests.helpers.platform import Tenant
+from tests.helpers.services import service
 from tests.helpers.traffic import connect, serve
 from tests.helpers.wait import eventually
-from tests.lb.conftest import service
-from tests.network.conftest import Tenant
 from tests.security.attacks import Sentinel, run_in
 
 PROTECTED = "172.31.254.0/24"  # stands for the control-plane network

@@ -26,7 +26,8 @@ from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
 from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.etcd import EtcdServer
-from pinet.etcd.client import Etcd, EtcdError, EtcdUnavailable
+from pinet.etcd.client import Etcd
+from pinet.etcd.errors import EtcdError, EtcdUnavailable
 from pinet.etcd.keyspace import NODES, POD_NETWORK, PODS, TOKENS
 from pinet.pki import authority
 from pinet.pki.identity import Identity

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pinet.api.network.v1 import objects_pb2
-from pinet.etcd.client import prefix_end
 from pinet.etcd.keyspace import PODS, TENANTS, KeyspaceError
+from pinet.etcd.txn import prefix_end
 
 
 def test_keys_and_parts_round_trip() -> None:

@@ -1,56 +1,20 @@
-"""Network API fixtures: ipam and network processes, tenants, nodes."""
+"""Fixtures shared across test packages (a pytest plugin loaded by
+tests/conftest.py): the control plane, fake agents, and the simulated
+clouds of the agent and lb tests. Each is per module."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import grpc
 import pytest
 
-from pinet.api.network.v1 import network_pb2, network_pb2_grpc
 from pinet.devstack.etcd import EtcdServer
 from tests.helpers.agent import FakeWiringAgents
+from tests.helpers.cloud import Cloud, running_cloud
+from tests.helpers.platform import Platform
 from tests.helpers.procs import ServiceProcess
-
-if TYPE_CHECKING:
-    from pinet.api.network.v1.network_pb2_grpc import AdminServiceAsyncStub, NetworkServiceAsyncStub
-
-
-@dataclass
-class Platform:
-    ipam: ServiceProcess
-    network: ServiceProcess
-    admin_token: str
-    channel: grpc.aio.Channel
-
-    @property
-    def admin(self) -> AdminServiceAsyncStub:
-        return network_pb2_grpc.AdminServiceStub(self.channel)
-
-    async def tenant(self, name: str = "") -> Tenant:
-        name = name or f"t{uuid.uuid4().hex[:8]}"
-        resp = await self.admin.IssueToken(
-            network_pb2.IssueTokenRequest(tenant=name), metadata=(("authorization", f"Bearer {self.admin_token}"),)
-        )
-        return Tenant(name, resp.token, network_pb2_grpc.NetworkServiceStub(self.channel))
-
-
-@dataclass
-class Tenant:
-    name: str
-    token: str
-    stub: NetworkServiceAsyncStub
-
-    @property
-    def md(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),)
-
-    async def call(self, method: str, request: Any) -> Any:
-        return await getattr(self.stub, method)(request, metadata=self.md, timeout=20)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +42,18 @@ async def agents(etcd_server: EtcdServer, platform: Platform) -> AsyncIterator[F
     yield agents
     await agents.stop()
     await etcd.close()
+
+
+@pytest.fixture(scope="module")
+async def cloud(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud]:
+    async with running_cloud(etcd_server.endpoint, tmp_path_factory.mktemp("cloud")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def lbcloud(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cloud]:
+    async with running_cloud(
+        etcd_server.endpoint, tmp_path_factory.mktemp("lb"), floating="203.0.113.0/24",
+        lb_args=["--backend", "nftables"],
+    ) as c:  # fmt: skip
+        yield c

@@ -24,6 +24,10 @@ class Servicer(ipam_pb2_grpc.IpamServiceServicer):
         raise not_found(f"pool {request.name!r} does not exist")
 
     @unary
+    async def DeletePool(self, request: ipam_pb2.DeletePoolRequest, context: Context) -> ipam_pb2.DeletePoolResponse:
+        raise RuntimeError("a bug")
+
+    @unary
     async def ListPools(self, request: ipam_pb2.ListPoolsRequest, context: Context) -> ipam_pb2.ListPoolsResponse:
         return ipam_pb2.ListPoolsResponse()
 
@@ -39,7 +43,7 @@ async def test_calls_are_counted_by_service_method_and_code() -> None:
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     await server.start()
-    before = handled("ListPools", "OK"), handled("GetPool", "NOT_FOUND")
+    before = handled("ListPools", "OK"), handled("GetPool", "NOT_FOUND"), handled("DeletePool", "INTERNAL")
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = ipam_pb2_grpc.IpamServiceStub(channel)
@@ -49,10 +53,15 @@ async def test_calls_are_counted_by_service_method_and_code() -> None:
                 await stub.GetPool(ipam_pb2.GetPoolRequest(name="nope"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             assert "does not exist" in (err.value.details() or "")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.DeletePool(ipam_pb2.DeletePoolRequest(name="x"))
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert err.value.details() == "internal error in DeletePool: RuntimeError", "no internals leak"
     finally:
         await server.stop(0)
     assert handled("ListPools", "OK") - before[0] == 3
     assert handled("GetPool", "NOT_FOUND") - before[1] == 1
+    assert handled("DeletePool", "INTERNAL") - before[2] == 1
     count = REGISTRY.get_sample_value(
         "pinet_grpc_server_handling_seconds_count", {"service": SERVICE, "method": "ListPools"}
     )
