@@ -29,6 +29,28 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def kernel() -> str:
+    """What IPVS holds (for failure messages)."""
+    listed = subprocess.run(["ip", "netns", "exec", ROUTER, "ipvsadm", "-Ln", "--persistent-conn"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    conns = subprocess.run(
+        ["ip", "netns", "exec", ROUTER, "ipvsadm", "-Lnc"], capture_output=True, text=True, check=False
+    )
+    return listed.stdout + listed.stderr + conns.stdout
+
+
+def active_connections(ip: str, port: int) -> int:
+    """ipvsadm's ActiveConn of a real server (0 when not listed)."""
+    listed = subprocess.run(
+        ["ip", "netns", "exec", ROUTER, "ipvsadm", "-Ln"], capture_output=True, text=True, check=False
+    )
+    for line in listed.stdout.splitlines():
+        fields = line.split()
+        if fields[:2] == ["->", f"{ip}:{port}"]:
+            return int(fields[4])
+    return 0
+
+
 def router(*servers: str, persistence: int = 0, port: int = 80, target: int = 8000) -> RouterLb:
     vs = VirtualService("t", "default/web", Frontend.CLUSTER_IP, VIP, "tcp", port, persistence=persistence,
                         real_servers=tuple(RealServer(PODS[s], target) for s in servers))  # fmt: skip
@@ -89,10 +111,14 @@ def test_client_ip_persistence(lab: object) -> None:
     for client in ("pinet-ivs-c1", "pinet-ivs-c2"):
         seen = Counter(many(client, VIP, 81, 12))
         assert len(seen) == 1 and "FAILED" not in seen, f"one client, one server: {seen}"
+    sticky = router(*SERVERS, persistence=60, port=81)
+    assert [v.persistence for v in backend.read(sticky) if v.port == 81] == [60], "read back from the kernel"
+    again = IpvsBackend().sync(sticky, full=True)
+    assert not [c for c in again if ":81/" in c], f"a restarted lb changes nothing: {again}"
     # The control: the same service without persistence spreads one client.
     backend.sync(router(*SERVERS, port=81), full=True)
     control = Counter(many("pinet-ivs-c1", VIP, 81, 12))
-    assert len(control) >= 2 and "FAILED" not in control, f"without persistence it spreads: {control}"
+    assert len(control) >= 2 and "FAILED" not in control, f"without persistence it spreads: {control}\n{kernel()}"
 
 
 def test_removed_server_drains_and_a_restart_changes_nothing(lab: object) -> None:
@@ -102,12 +128,18 @@ def test_removed_server_drains_and_a_restart_changes_nothing(lab: object) -> Non
         backend.sync(router("pinet-ivs-p3", port=82, target=8001), full=True)
         deadline = time.monotonic() + 60
         talk = None
+        # 45 s of chatter: the drained connection must outlive the checks
+        # below, which take 20 s and more in the emulated VM. It counts as
+        # connected once IPVS holds it (a Python process takes seconds to
+        # start there: a fixed wait let the move below come first).
         while talk is None:
             attempt = subprocess.Popen(
-                ["ip", "netns", "exec", "pinet-ivs-c1", sys.executable, "-c", CHATTER, VIP, "82", "20"],
+                ["ip", "netns", "exec", "pinet-ivs-c1", sys.executable, "-c", CHATTER, VIP, "82", "45"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            time.sleep(5)
+            while attempt.poll() is None and active_connections(PODS["pinet-ivs-p3"], 8001) == 0:
+                assert time.monotonic() < deadline, "could not connect to the echo server"
+                time.sleep(0.5)
             if attempt.poll() is None:
                 talk = attempt
             assert time.monotonic() < deadline, "could not connect to the echo server"
@@ -121,7 +153,7 @@ def test_removed_server_drains_and_a_restart_changes_nothing(lab: object) -> Non
         assert set(many("pinet-ivs-c2", VIP, 82, 4)) == {"pinet-ivs-p1", "pinet-ivs-p2"}
         # A restarted lb (empty memory) converges without touching anything.
         again = IpvsBackend().sync(moved, full=True)
-        assert not [c for c in again if ":82/" in c and "draining" not in c], again
+        assert not [c for c in again if ":82/" in c and "draining" not in c], f"{again}\n{kernel()}"
         out, err = talk.communicate(timeout=120)
         assert talk.returncode == 0, f"the drained connection broke: {err}"
         assert int(out.split()[1]) > 20, out

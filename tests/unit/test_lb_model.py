@@ -117,3 +117,16 @@ def test_one_service_changes_are_planned_alone_and_shared_addresses_counted() ->
     script, _ = nftrules.plan_changes(have, dict(router.services))
     full, _ = nftrules.plan(nftrules.layout(router, "base-x"), nftrules.Layout(base="base-x", chains=have.chains), "")
     assert sorted(script.split("\n")) == sorted(full.split("\n"))
+
+
+def test_ipvs_persistence_is_read_from_the_kernels_attributes() -> None:
+    """pyroute2 0.9 keeps its own defaults under "flags"/"timeout" of a
+    dumped service; the kernel's values are under the attribute names."""
+    from services.lb.backends.ipvs import persistence_of
+
+    dumped = {"flags": {"flags": 0, "mask": 0xFFFF}, "timeout": 0}
+    assert persistence_of({**dumped, "IPVS_SVC_ATTR_FLAGS": {"flags": 3, "mask": 0xFFFFFFFF},
+                           "IPVS_SVC_ATTR_TIMEOUT": 60}) == 60  # fmt: skip
+    assert persistence_of({**dumped, "IPVS_SVC_ATTR_FLAGS": {"flags": 2, "mask": 0xFFFFFFFF},
+                           "IPVS_SVC_ATTR_TIMEOUT": 60}) == 0  # fmt: skip
+    assert persistence_of(dumped) == 0

@@ -47,6 +47,16 @@ def _attr(msg: Any, nla: str, name: str) -> Any:
     return msg.get_attr(nla).get_attr(name)
 
 
+def persistence_of(svc: Any) -> int:
+    """A dumped service's persistence timeout (0: not persistent). pyroute2
+    0.9's IPVSService.from_message keeps its own defaults under "flags" and
+    "timeout" (always 0) and the kernel's values under the attribute names."""
+    flags = svc.get("IPVS_SVC_ATTR_FLAGS") or {}
+    if not flags.get("flags", 0) & IP_VS_SVC_F_PERSISTENT:
+        return 0
+    return int(svc.get("IPVS_SVC_ATTR_TIMEOUT") or 0)
+
+
 class IpvsBackend:
     kind = "ipvs"
 
@@ -184,9 +194,8 @@ class IpvsBackend:
             changes.append(f"{label} added")
             dests: dict[tuple[str, int], KernelDest] = {}
         else:
-            persistent = bool((present.get("flags") or {}).get("flags", 0) & IP_VS_SVC_F_PERSISTENT)
-            same = present.get("sched_name") == SCHED_NAMES[vs.scheduler] and persistent == bool(vs.persistence)
-            if not same or (vs.persistence and present.get("timeout") != vs.persistence):
+            same = present.get("sched_name") == SCHED_NAMES[vs.scheduler]
+            if not same or persistence_of(present) != vs.persistence:
                 sock.service("set", wanted)
                 changes.append(f"{label} scheduler/persistence")
             dests = self._dests(netns, key)
@@ -244,7 +253,6 @@ class IpvsBackend:
         out = []
         for key, svc in sorted(self._services(r.netns).items()):
             known = r.services.get(key)
-            persistent = bool((svc.get("flags") or {}).get("flags", 0) & IP_VS_SVC_F_PERSISTENT)
             scheduler = next((s for s, n in SCHED_NAMES.items() if n == svc.get("sched_name")), Scheduler.ROUND_ROBIN)
             servers = tuple(
                 RealServer(d.ip, d.port, d.weight, False) for d in sorted(self._dests(r.netns, key).values(), key=str)
@@ -252,7 +260,7 @@ class IpvsBackend:
             out.append(
                 VirtualService(
                     r.tenant, known.service if known else "", known.frontend if known else Frontend.CLUSTER_IP,
-                    key[0], key[1], key[2], scheduler, int(svc.get("timeout") or 0) if persistent else 0, servers,
+                    key[0], key[1], key[2], scheduler, persistence_of(svc), servers,
                 )
             )  # fmt: skip
         return out
