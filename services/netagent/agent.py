@@ -205,7 +205,11 @@ class Agent:
     async def _reconcile_pod(self, uid: str, want: desired.HostWiring) -> list[str]:
         wiring = want.pods.get(uid)
         if wiring is None:
-            return await self._remove_pod(uid, want, runtime_netns=self.detaching.pop(uid, ""))
+            # A Detach's namespace is kept until the unwiring has worked, so
+            # that a retry after a failure unwires the same namespace.
+            changes = await self._remove_pod(uid, want, runtime_netns=self.detaching.get(uid, ""))
+            self.detaching.pop(uid, None)
+            return changes
         router = want.routers[wiring.vni]
         changes = await self.kernel_thread.call(self.kernel.ensure_router_for_pod, router, want.host_sets())
         changes += await self.kernel_thread.call(self.kernel.pods.ensure, wiring, router.netns)
