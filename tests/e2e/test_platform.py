@@ -78,6 +78,13 @@ def curl_from_internet(stack: Stack, url: str) -> str:
     return out.stdout
 
 
+async def curl_by_name(t: Tenant, pod: str) -> str:
+    return await t.api(
+        "exec", pod, "--", "curl", "-sS", "--max-time", "3",
+        "http://test-loadbalancer.default.svc.cluster.local:8080", check=False,
+    )  # fmt: skip
+
+
 def served_by(page: str) -> str:
     found = PAGE_POD.search(page)
     return found.group(1) if found else ""
@@ -120,12 +127,15 @@ async def test_two_tenants_walk_through_and_leave_nothing(stack: Stack, tmp_path
         await eventually(lambda url=url: served_by(curl_from_internet(stack, url)), f"{url} answers")  # type: ignore[misc]
         seen = [served_by(await asyncio.to_thread(curl_from_internet, stack, url)) for _ in range(24)]
         assert set(seen) == set(pods), f"both replicas serve {t.name}'s floating IP: {seen}"
-        # From a pod, by name, through the pod's own resolv.conf.
-        page = await t.api(
-            "exec", pods[0], "--", "curl", "-sS", "--max-time", "3",
-            "http://test-loadbalancer.default.svc.cluster.local:8080",
-        )  # fmt: skip
-        assert served_by(page) in pods, f"{t.name}: {page}"
+
+        # From a pod, by name, through the pod's own resolv.conf. Up to
+        # three tries: one run of the whole suite saw a lookup time out once
+        # (a lost UDP answer is retried by glibc after 5 s, past curl's 3 s),
+        # and the next query answered; the closing note of #19 says so.
+        pages = [await curl_by_name(t, pods[0])]
+        while served_by(pages[-1]) not in pods and len(pages) < 3:
+            pages.append(await curl_by_name(t, pods[0]))
+        assert served_by(pages[-1]) in pods, f"{t.name}: {pages}"
         resolved = await t.api("exec", pods[0], "--", "getent", "hosts", "test-loadbalancer")
         assert resolved.split()[0] == CLUSTER_IP, resolved
 
