@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from pinet.api.ipam.v1 import ipam_pb2
-from pinet.api.network.v1 import objects_pb2
+from pinet.api.network.v1 import objects_pb2, policy_pb2
 
 ROOT = "/pinet/v1/"
 
@@ -82,6 +82,9 @@ PODS = Kind("pods", objects_pb2.Pod, ("tenant", "namespace"))
 DEPLOYMENTS = Kind("deployments", objects_pb2.Deployment, ("tenant", "namespace"))
 SERVICES = Kind("services", objects_pb2.Service, ("tenant", "namespace"))
 ENDPOINTS = Kind("endpoints", objects_pb2.Endpoints, ("tenant", "namespace"))
+NETWORK_POLICIES = Kind("networkpolicies", policy_pb2.NetworkPolicy, ("tenant", "namespace"))
+# A namespace's labels (namespaces themselves exist implicitly).
+NAMESPACES = Kind("namespaces", policy_pb2.Namespace, ("tenant",))
 # Heartbeat of a node's agent: the key lives only while the agent's lease
 # does, so its disappearance means the host stopped answering.
 NODE_LEASES = Kind("nodeleases", objects_pb2.Node)

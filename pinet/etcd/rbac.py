@@ -25,6 +25,8 @@ from pinet.etcd.keyspace import (
     IPAM_ADDRESSES,
     IPAM_HANDLES,
     IPAM_POOLS,
+    NAMESPACES,
+    NETWORK_POLICIES,
     NODE_LEASES,
     NODE_PORTS,
     NODES,
@@ -67,7 +69,7 @@ def _election(name: str) -> Grant:
     return _prefix(leader_key(name), True)
 
 
-_EVERY_KIND = (TENANTS, NODES, PODS, DEPLOYMENTS, SERVICES, ENDPOINTS, NODE_LEASES, FIP_BINDINGS, IPAM_POOLS,
+_EVERY_KIND = (TENANTS, NODES, PODS, DEPLOYMENTS, SERVICES, ENDPOINTS, NETWORK_POLICIES, NAMESPACES, NODE_LEASES, FIP_BINDINGS, IPAM_POOLS,
                IPAM_ADDRESSES, IPAM_HANDLES, TOKENS, NODE_PORTS, VNIS, POD_NETWORK)  # fmt: skip
 
 
@@ -77,6 +79,7 @@ def grants_for(identity: Identity) -> list[Grant]:
     if role == "network":
         return [
             *_kinds((TENANTS, PODS, DEPLOYMENTS, SERVICES, ENDPOINTS, FIP_BINDINGS, TOKENS, NODE_PORTS, VNIS), True),
+            *_kinds((NETWORK_POLICIES, NAMESPACES), True),
             *_kinds((NODES, NODE_LEASES, IPAM_ADDRESSES, POD_NETWORK), False),
             _election("network-controllers"),
         ]
@@ -91,7 +94,7 @@ def grants_for(identity: Identity) -> list[Grant]:
             Grant(NODES.key(node), b"", True),
             Grant(NODE_LEASES.key(node), b"", True),
             _prefix(POD_NETWORK.scope_prefix(node), True),
-            *_kinds((TENANTS, NODES, PODS), False),
+            *_kinds((TENANTS, NODES, PODS, NETWORK_POLICIES, NAMESPACES), False),
         ]
     if role == "lb":
         return _kinds((TENANTS, NODES, NODE_LEASES, PODS, SERVICES, ENDPOINTS, FIP_BINDINGS), False)

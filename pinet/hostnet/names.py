@@ -27,6 +27,8 @@ AGENT_HOST_TABLE = "ip pinet-host"
 AGENT_ROUTER_TABLE = "ip pinet"
 AGENT_BRIDGE_TABLE = "bridge pinet"
 LB_TABLE = "ip pinet-lb"
+# The tenant's network policies in its router (services/netagent/policy_rules.py).
+POLICY_TABLE = "ip pinet-policy"
 # Addresses 1 to 9 of a tenant network are the platform's (gateway, DNS, spares;
 # the ipam's PLATFORM_RESERVED_COUNT).
 PLATFORM_RESERVED = 9

@@ -65,6 +65,7 @@ POLICY: dict[str, Rule] = {
     # Users: bearer tokens, checked by the API itself.
     "/pinet.network.v1.NetworkService/*": ANYONE,
     "/pinet.network.v1.AdminService/*": ANYONE,
+    "/pinet.network.v1.PolicyService/*": ANYONE,
     # Addresses: only the network service hands them out and takes them back.
     "/pinet.ipam.v1.IpamService/Allocate": _roles("network", "admin"),
     "/pinet.ipam.v1.IpamService/Release": _roles("network", "admin"),

@@ -24,7 +24,7 @@ from services.network.listing import list_objects
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _keep(caller: Caller, options_namespace: str, selector_text: str) -> Any:
+def tenant_filter(options_namespace: str, selector_text: str) -> Any:
     """A filter on tenant (by key scope), namespace and labels."""
     selector = selectors.parse(selector_text, "label_selector")
 
@@ -37,11 +37,11 @@ def _keep(caller: Caller, options_namespace: str, selector_text: str) -> Any:
     return keep
 
 
-def _scope(kind: Any, caller: Caller, ns: str) -> bytes:
+def tenant_scope(kind: Any, tenant: str, ns: str) -> bytes:
     if ns:
         validation.dns1123_label(ns, "options.namespace")
-        return bytes(kind.scope_prefix(caller.tenant, ns))
-    return bytes(kind.scope_prefix(caller.tenant))
+        return bytes(kind.scope_prefix(tenant, ns))
+    return bytes(kind.scope_prefix(tenant))
 
 
 def _ref(ref: network_pb2.ObjectRef) -> tuple[str, str]:
@@ -61,14 +61,14 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         """One page of the caller's objects of kind, filtered as asked."""
         ns = options.namespace
         return await list_objects(
-            self.deps.etcd, kind, _scope(kind, caller, ns), options, _keep(caller, ns, options.label_selector)
+            self.deps.etcd, kind, tenant_scope(kind, caller.tenant, ns), options, tenant_filter(ns, options.label_selector)
         )
 
     def _watch(self, kind: Any, caller: Caller, request: meta_pb2.WatchOptions, make: Any) -> AsyncIterator[Any]:
         """The caller's objects of kind as a watch stream."""
         return watch.stream(
-            self.deps.etcd, kind, _scope(kind, caller, request.namespace), request.resource_version,
-            _keep(caller, request.namespace, request.label_selector), make,
+            self.deps.etcd, kind, tenant_scope(kind, caller.tenant, request.namespace), request.resource_version,
+            tenant_filter(request.namespace, request.label_selector), make,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- me

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from pinet.api.network.v1 import network_pb2_grpc
+from pinet.api.network.v1 import network_pb2_grpc, policy_pb2_grpc
 from pinet.etcd.keyspace import TOKENS
 from pinet.etcd.lease import LeaderElection
 from pinet.runtime.errors import ApiError
@@ -26,6 +26,7 @@ from services.network.controllers import run_controllers
 from services.network.deps import Deps
 from services.network.informers import ClusterView
 from services.network.ipam_client import IpamClient
+from services.network.policies_api import PolicyServicer
 from services.network.tenants import Tenants
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,11 @@ class NetworkApp(BaseApp):
             "pinet.network.v1.NetworkService",
             network_pb2_grpc.add_NetworkServiceServicer_to_server,
             audit_servicer(NetworkServicer(self.deps), self.deps.tokens.caller),
+        )
+        rt.add_servicer(
+            "pinet.network.v1.PolicyService",
+            policy_pb2_grpc.add_PolicyServiceServicer_to_server,
+            audit_servicer(PolicyServicer(self.deps), self.deps.tokens.caller),
         )
 
     async def start(self, rt: Runtime) -> None:
