@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import Message
 
-from pinet.api.network.v1 import network_pb2, network_pb2_grpc
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, policy_pb2_grpc
 
 REASONS = {
     grpc.StatusCode.NOT_FOUND: "NotFound",
@@ -98,6 +98,7 @@ class Client:
         self.channel = open_channel(args)
         self.api = network_pb2_grpc.NetworkServiceStub(self.channel)
         self.admin = network_pb2_grpc.AdminServiceStub(self.channel)
+        self.policy = policy_pb2_grpc.PolicyServiceStub(self.channel)
         metadata = [("authorization", f"Bearer {find_token(args.token)}")]
         if args.as_tenant:
             metadata.append(("x-pinet-tenant", args.as_tenant))

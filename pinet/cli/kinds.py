@@ -11,9 +11,10 @@ from typing import Any
 from google.protobuf.message import Message
 
 from pinet.api.common.v1 import meta_pb2
-from pinet.api.network.v1 import network_pb2
-from pinet.cli import tables
+from pinet.api.network.v1 import network_pb2, policy_pb2
+from pinet.cli import policy_manifests, tables
 from pinet.cli.client import Client, fail
+from pinet.objects import labels
 
 Options = meta_pb2.ListOptions
 
@@ -64,6 +65,23 @@ def _pod_labels(c: Client, name: str) -> dict[str, str]:
     if not labels:
         fail(f"pod {name} has no labels to select it by; add some with `pi apply`")
     return labels
+
+
+def _policy_ref(c: Client, name: str, namespace: str = "") -> policy_pb2.PolicyRef:
+    return policy_pb2.PolicyRef(namespace=namespace or c.namespace, name=name)
+
+
+def _describe_policy(c: Client, name: str) -> str:
+    """The policy, and the pods it selects now."""
+    policy = c(c.policy.GetNetworkPolicy, _policy_ref(c, name))
+    ns = policy.metadata.namespace
+    pods = _all(c, c.api.ListPods, network_pb2.ListPodsRequest(options=Options(namespace=ns)), "pods")
+    target = labels.from_proto(policy.spec.pod_selector)
+    selected = [p for p in pods if target.matches(dict(p.metadata.labels))]  # type: ignore[attr-defined]
+    return tables.describe_policy(
+        policy, selected, policy_manifests.describe_rules(policy.spec.ingress, "from"),
+        policy_manifests.describe_rules(policy.spec.egress, "to"),
+    )  # fmt: skip
 
 
 def _nodes(c: Client, options: Options) -> list[Message]:
@@ -123,6 +141,27 @@ KINDS = [
         name_of=lambda obj: str(obj.address),
         delete=lambda c, name: c(c.api.ReleaseFloatingIP, network_pb2.ReleaseFloatingIPRequest(address=name)),
     ),
+    Kind(
+        "networkpolicy", ("networkpolicies", "netpol"), tables.policy_rows,
+        get=lambda c, name, ns: c(c.policy.GetNetworkPolicy, _policy_ref(c, name, ns)),
+        list=lambda c, o: _all(
+            c, c.policy.ListNetworkPolicies, policy_pb2.ListNetworkPoliciesRequest(options=o), "policies"
+        ),
+        delete=lambda c, name: c(c.policy.DeleteNetworkPolicy, _policy_ref(c, name)),
+        describe=_describe_policy,
+        manifest="NetworkPolicy",
+        create=lambda c, obj: c(c.policy.CreateNetworkPolicy, policy_pb2.CreateNetworkPolicyRequest(policy=obj)),
+        update=lambda c, obj: c(c.policy.UpdateNetworkPolicy, policy_pb2.UpdateNetworkPolicyRequest(policy=obj)),
+    ),
+    Kind(
+        "namespace", ("namespaces", "ns"), tables.namespace_rows,
+        get=lambda c, name, ns: c(c.policy.GetNamespace, policy_pb2.NamespaceRef(name=name)),
+        list=lambda c, o: _all(c, c.policy.ListNamespaces, policy_pb2.ListNamespacesRequest(options=o), "namespaces"),
+        delete=lambda c, name: c(c.policy.DeleteNamespace, policy_pb2.NamespaceRef(name=name)),
+        manifest="Namespace",
+        create=lambda c, obj: c(c.policy.PutNamespace, policy_pb2.PutNamespaceRequest(namespace=obj)),
+        update=lambda c, obj: c(c.policy.PutNamespace, policy_pb2.PutNamespaceRequest(namespace=obj)),
+    ),
 ]  # fmt: skip
 
 BY_NAME = {alias: kind for kind in KINDS for alias in (kind.name, *kind.aliases)}
@@ -132,5 +171,8 @@ BY_MANIFEST = {kind.manifest: kind for kind in KINDS if kind.manifest}
 def lookup(text: str) -> Kind:
     kind = BY_NAME.get(text.lower())
     if kind is None:
-        fail(f"unknown resource type {text!r}: pods, services (svc), endpoints (ep), fip, nodes, deployments")
+        fail(
+            f"unknown resource type {text!r}: pods, services (svc), endpoints (ep), fip, nodes, deployments, "
+            "networkpolicies (netpol), namespaces (ns)"
+        )
     return kind

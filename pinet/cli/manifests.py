@@ -17,10 +17,14 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from pinet.api.common.v1 import meta_pb2
-from pinet.api.network.v1 import objects_pb2
+from pinet.api.network.v1 import objects_pb2, policy_pb2
+from pinet.cli import policy_manifests
 from pinet.objects import protocol
 
-KINDS = {"Pod": "v1", "Service": "v1", "Deployment": "apps/v1"}
+KINDS = {
+    "Pod": "v1", "Service": "v1", "Deployment": "apps/v1", "Namespace": "v1",
+    "NetworkPolicy": policy_manifests.POLICY_API,
+}  # fmt: skip
 
 
 class ManifestError(ValueError):
@@ -62,7 +66,9 @@ def _items(doc: Any, where: str) -> Iterator[dict[str, Any]]:
 def parse(doc: dict[str, Any], where: str) -> Document:
     kind = doc.get("kind")
     if kind not in KINDS:
-        raise ManifestError(f"{where}: kind: {kind!r} is not supported (Pod, Service, Deployment)")
+        raise ManifestError(
+            f"{where}: kind: {kind!r} is not supported (Pod, Service, Deployment, Namespace, NetworkPolicy)"
+        )
     api = doc.get("apiVersion")
     if api != KINDS[kind]:
         raise ManifestError(f"{where}: apiVersion: {kind} needs {KINDS[kind]!r}, got {api!r}")
@@ -71,6 +77,15 @@ def parse(doc: dict[str, Any], where: str) -> Document:
         obj: Message = objects_pb2.Pod(metadata=p.meta(doc.get("metadata")), spec=p.pod_spec(doc.get("spec"), "spec"))
     elif kind == "Service":
         obj = objects_pb2.Service(metadata=p.meta(doc.get("metadata")), spec=p.service_spec(doc.get("spec")))
+    elif kind == "Namespace":
+        meta = p.meta(doc.get("metadata"))
+        meta.ClearField("namespace")
+        obj = policy_pb2.Namespace(metadata=meta)
+    elif kind == "NetworkPolicy":
+        try:
+            obj = policy_manifests.parse_network_policy(doc, p.meta(doc.get("metadata")), where)
+        except policy_manifests.PolicyManifestError as exc:
+            raise ManifestError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from None
     else:
         obj = objects_pb2.Deployment(metadata=p.meta(doc.get("metadata")), spec=p.deployment_spec(doc.get("spec")))
     return Document(kind, obj, where)
@@ -306,6 +321,12 @@ SERVICE_TYPES = {
 
 def render(obj: Message) -> dict[str, Any]:
     """An API object as a Kubernetes-shaped mapping."""
+    if isinstance(obj, policy_pb2.NetworkPolicy):
+        return policy_manifests.render_network_policy(obj, _meta(obj.metadata))
+    if isinstance(obj, policy_pb2.Namespace):
+        meta = _meta(obj.metadata)
+        meta.pop("namespace", None)
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
     if isinstance(obj, objects_pb2.Pod):
         return {
             "apiVersion": "v1", "kind": "Pod", "metadata": _meta(obj.metadata), "spec": _pod_spec(obj.spec),

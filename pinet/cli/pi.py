@@ -76,7 +76,7 @@ def manifest_kind(c: Client, doc: manifests.Document) -> Kind:
     """The document's kind, its object put in the client's namespace when
     it names none."""
     obj: Any = doc.obj
-    if c.namespace and not obj.metadata.namespace:
+    if c.namespace and not obj.metadata.namespace and doc.kind != "Namespace":
         obj.metadata.namespace = c.namespace
     return kinds.BY_MANIFEST[doc.kind]
 

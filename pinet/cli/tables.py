@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -196,3 +197,44 @@ def describe_pod(pod: objects_pb2.Pod) -> str:
     ]
     width = max(len(k) for k, _ in lines) + 1
     return "\n".join(f"{k.ljust(width)} {v}" for k, v in lines)
+
+
+def policy_rows(items: Sequence[Any], wide: bool) -> str:
+    def selector(p: Any) -> str:
+        s = p.spec.pod_selector
+        parts = [f"{k}={v}" for k, v in sorted(s.match_labels.items())] + [e.key for e in s.match_expressions]
+        return ",".join(parts) or "<all pods>"
+
+    types = {1: "Ingress", 2: "Egress"}
+    rows = [
+        [
+            p.metadata.name,
+            selector(p),
+            ",".join(types.get(t, "?") for t in p.spec.policy_types),
+            age(p.metadata.creation_timestamp),
+        ]
+        for p in items
+    ]
+    return table(["NAME", "POD-SELECTOR", "POLICY-TYPES", "AGE"], rows)
+
+
+def namespace_rows(items: Sequence[Any], wide: bool) -> str:
+    rows = [[n.metadata.name, labels(n.metadata.labels), age(n.metadata.creation_timestamp)] for n in items]
+    return table(["NAME", "LABELS", "AGE"], rows)
+
+
+def describe_policy(policy: Any, selected: Sequence[Any], ingress: list[str], egress: list[str]) -> str:
+    types = {1: "Ingress", 2: "Egress"}
+    lines: list[tuple[str, str]] = [
+        ("Name:", policy.metadata.name),
+        ("Namespace:", policy.metadata.namespace or "default"),
+        ("Labels:", labels(policy.metadata.labels)),
+        ("Policy Types:", ", ".join(types.get(t, "?") for t in policy.spec.policy_types)),
+        ("Selected Pods:", ", ".join(f"{p.metadata.name} ({p.status.pod_ip or 'no IP'})" for p in selected) or NONE),
+    ]
+    if 1 in policy.spec.policy_types:
+        lines += [("Allowing ingress:", rule) for rule in ingress] or [("Allowing ingress:", "nothing (isolated)")]
+    if 2 in policy.spec.policy_types:
+        lines += [("Allowing egress:", rule) for rule in egress] or [("Allowing egress:", "nothing (isolated)")]
+    width = max(len(k) for k, _ in lines) + 2
+    return "\n".join(f"{k:<{width}}{v}" for k, v in lines)

@@ -15,10 +15,10 @@ import logging
 from prometheus_client import Counter
 
 from pinet.api.netagent.v1 import netagent_pb2
-from pinet.api.network.v1 import objects_pb2
+from pinet.api.network.v1 import objects_pb2, policy_pb2
 from pinet.etcd.client import Etcd
 from pinet.etcd.informer import Event, EventType, InformerSet
-from pinet.etcd.keyspace import NODES, PODS, TENANTS
+from pinet.etcd.keyspace import NAMESPACES, NETWORK_POLICIES, NODES, PODS, TENANTS
 from pinet.hostnet import names
 from pinet.hostnet.netns import netns_path
 from pinet.hostnet.thread import KernelThread
@@ -27,7 +27,8 @@ from pinet.runtime.errors import failed_precondition, invalid, not_found, unavai
 from pinet.runtime.reconcile import FULL, FullPass, Reconciler, run_with_resync
 from services.netagent import desired, isolation
 from services.netagent.kernel import Kernel
-from services.netagent.keys import AgentKey, Guard, Pod, Router
+from services.netagent.keys import AgentKey, Guard, Pod, Policies, Router
+from services.netagent.policies import AgentPolicies
 from services.netagent.registration import NodeRegistration
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,21 @@ class Agent:
         self.tenants = self.informers.follow(TENANTS)
         self.nodes = self.informers.follow(NODES)
         self.pods = self.informers.follow(PODS)
+        self.network_policies = self.informers.follow(NETWORK_POLICIES)
+        self.namespaces = self.informers.follow(NAMESPACES)
+        self.policies = AgentPolicies(
+            lambda tenant: [p for p in self.pods.values() if p.metadata.tenant == tenant],
+            lambda tenant: [p for p in self.network_policies.values() if p.metadata.tenant == tenant],
+            lambda tenant: [n for n in self.namespaces.values() if n.metadata.tenant == tenant],
+        )
         self.reconciler: Reconciler[AgentKey] = Reconciler(f"netagent {node}", self.reconcile)
         self.kernel_thread = KernelThread("kernel")
         self.attached: dict[str, str] = {}  # pod uid -> runtime namespace path
         self.detaching: dict[str, str] = {}  # pod uid -> the runtime namespace a Detach unwires
         self.reports = NetworkReports(etcd, node)
         self.pods.subscribe(self._on_pod)
+        self.network_policies.subscribe(self._on_policy)
+        self.namespaces.subscribe(self._on_namespace)
         self.tenants.subscribe(lambda _: self.reconciler.enqueue(FULL), replay=False)
         self.nodes.subscribe(lambda _: self.reconciler.enqueue(FULL), replay=False)
 
@@ -109,6 +119,8 @@ class Agent:
                 ticks += 1
                 if ticks % COUNTER_EVERY == 0:
                     self._export_counters(await self.kernel_thread.call(self.kernel.refresh_counters))
+                    tenants = {r.netns: r.tenant for r in self.wanted().routers.values()}
+                    self.policies.export(await self.kernel_thread.call(self.kernel.policies.read_counters), tenants)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -144,9 +156,27 @@ class Agent:
         tenant = self.tenants.get(TENANTS.key(pod.metadata.tenant))
         return tenant.network.vni if tenant is not None else None
 
+    def _vni_of_tenant(self, tenant: str) -> int | None:
+        found = self.tenants.get(TENANTS.key(tenant))
+        return found.network.vni if found is not None else None
+
+    def _on_policy(self, event: Event[policy_pb2.NetworkPolicy]) -> None:
+        tenant = event.obj.metadata.tenant
+        self.policies.on_policy(tenant, event.obj, event.type is EventType.DELETED)
+        vni = self._vni_of_tenant(tenant)
+        if vni is not None:
+            self.reconciler.enqueue(Policies(vni))
+
+    def _on_namespace(self, event: Event[policy_pb2.Namespace]) -> None:
+        vni = self._vni_of_tenant(event.obj.metadata.tenant)
+        if self.policies.on_namespace(event.obj, event.type is EventType.DELETED) and vni is not None:
+            self.reconciler.enqueue(Policies(vni))
+
     def _on_pod(self, event: Event[objects_pb2.Pod]) -> None:
         pod = event.obj
         vni = self._vni_of(pod)
+        if self.policies.on_pod(pod, event.type is EventType.DELETED) and vni is not None:
+            self.reconciler.enqueue(Policies(vni))
         if pod.spec.node_name == self.node:
             if event.type is EventType.DELETED:
                 self.attached.pop(pod.metadata.uid, None)
@@ -177,13 +207,32 @@ class Agent:
                 if router is not None:
                     changes = await self.kernel_thread.call(self.kernel.ensure_router, router, want.host_sets())
                     self._log(changes)
+                    await self._sync_policies(router, full=True)
                 elif names.router_netns(self.node, vni) in await self.kernel_thread.call(self.kernel.owned_netns):
                     self._log(await self._remove_router(names.router_netns(self.node, vni), want))
             case Pod(uid):
                 return await self._reconcile_pod(uid, want)
             case Guard(namespace):
                 await self._reconcile_guard(namespace, want)
+            case Policies(vni):
+                router = want.routers.get(vni)
+                if router is not None and router.netns in await self.kernel_thread.call(self.kernel.owned_netns):
+                    await self._sync_policies(router, full=False)
         return None
+
+    async def _sync_policies(self, router: desired.RouterWiring, full: bool) -> None:
+        """The router's policy table: changes since the last sync applied as
+        they are, or (full, or not synced by this agent) the whole state
+        read back and repaired; removed when the tenant has no policies."""
+        engine = self.policies.engines.get(router.tenant)
+        if engine is None:
+            self._log(await self.kernel_thread.call(self.kernel.policies.remove, router.netns))
+            return
+        changes = engine.flush()
+        if full or not await self.kernel_thread.call(self.kernel.policies.update, router.netns, changes):
+            self._log(await self.kernel_thread.call(self.kernel.policies.ensure, router.netns, engine.state()))
+        elif changes:
+            log.debug("kernel: %s: %d policy elements", router.netns, changes.count())
 
     async def _reconcile_guard(self, netns: str, want: desired.HostWiring) -> None:
         """The nftables of one namespace changed: read back, repaired."""
@@ -211,7 +260,11 @@ class Agent:
             self.detaching.pop(uid, None)
             return changes
         router = want.routers[wiring.vni]
+        created = router.netns not in await self.kernel_thread.call(self.kernel.owned_netns)
         changes = await self.kernel_thread.call(self.kernel.ensure_router_for_pod, router, want.host_sets())
+        if self.policies.engines.get(router.tenant) is not None:
+            # A pod is wired only behind its policies.
+            await self._sync_policies(router, full=created)
         changes += await self.kernel_thread.call(self.kernel.pods.ensure, wiring, router.netns)
         self._log(changes)
         await self.reports.report(wiring.tenant, wiring.namespace, wiring.name, uid, True, netns_path(wiring.netns))

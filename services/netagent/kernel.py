@@ -25,6 +25,7 @@ from services.netagent.desired import RouterWiring
 from services.netagent.firewall import Firewall
 from services.netagent.netlink import Netlink, attr, link_named
 from services.netagent.pods import PodPlumbing
+from services.netagent.policy_tables import PolicyTables
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Kernel:
         self.mtu = names.pod_mtu(underlay_mtu)
         self.policy = policy or isolation.Policy()
         self.firewall = Firewall(host_netns)
+        self.policies = PolicyTables()
         self.netlink = Netlink(host_netns)
         self._router_checked: dict[str, tuple[int, str, str]] = {}
         self._host_ready = False
@@ -67,6 +69,7 @@ class Kernel:
     def close(self) -> None:
         self.netlink.close()
         self.firewall.close()
+        self.policies.close()
 
     # ------------------------------------------------------------ reading
 
@@ -285,6 +288,7 @@ class Kernel:
     def remove_router(self, netns: str, hosts: isolation.HostSets) -> list[str]:
         self._router_checked.pop(netns, None)
         self.firewall.forget(netns)
+        self.policies.forget(netns)
         vni = names.router_vni(self.node, netns)
         if vni is None:
             raise KernelError(f"{netns} is not one of {self.node}'s router namespaces")

@@ -1,6 +1,7 @@
 """What the netagent's reconciler works on: the whole host, one tenant
 router (its forwarding entries to the tenant's other hosts), one pod's
-wiring, or the nftables guard of one namespace ("" = the host's)."""
+wiring, the nftables guard of one namespace ("" = the host's), or one
+router's network policies."""
 
 from __future__ import annotations
 
@@ -24,4 +25,11 @@ class Guard:
     key: str
 
 
-AgentKey = FullPass | Router | Pod | Guard
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """The network policies' table in one tenant router."""
+
+    vni: int
+
+
+AgentKey = FullPass | Router | Pod | Guard | Policies

@@ -25,6 +25,7 @@ the tenant's policies anew (rare).
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -510,7 +511,7 @@ def segment(boxes: list[tuple[Box, int]]) -> list[tuple[Box, int]]:
         return [((), min(value for _, value in boxes))]
     cuts = sorted({box[0][0] for box, _ in boxes} | {box[0][1] + 1 for box, _ in boxes})
     runs: list[tuple[int, int, tuple[tuple[Box, int], ...]]] = []
-    for lo, after in zip(cuts, cuts[1:], strict=False):
+    for lo, after in itertools.pairwise(cuts):
         hi = after - 1
         covering = [(box[1:], value) for box, value in boxes if box[0][0] <= lo and box[0][1] >= hi]
         if not covering:

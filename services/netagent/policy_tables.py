@@ -43,8 +43,8 @@ def _part(value: Any) -> str:
             return first if first == last else f"{first}-{last}"
         if "prefix" in value:
             net = ipaddress.IPv4Network(f"{value['prefix']['addr']}/{value['prefix']['len']}")
-            first, last = net.network_address, net.broadcast_address
-            return str(first) if first == last else f"{first}-{last}"
+            low, high = net.network_address, net.broadcast_address
+            return str(low) if low == high else f"{low}-{high}"
     if isinstance(value, str) and value and value[0].isalpha():
         return _protocol(value)
     return str(value)

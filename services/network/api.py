@@ -61,7 +61,11 @@ class NetworkServicer(network_pb2_grpc.NetworkServiceServicer):
         """One page of the caller's objects of kind, filtered as asked."""
         ns = options.namespace
         return await list_objects(
-            self.deps.etcd, kind, tenant_scope(kind, caller.tenant, ns), options, tenant_filter(ns, options.label_selector)
+            self.deps.etcd,
+            kind,
+            tenant_scope(kind, caller.tenant, ns),
+            options,
+            tenant_filter(ns, options.label_selector),
         )
 
     def _watch(self, kind: Any, caller: Caller, request: meta_pb2.WatchOptions, make: Any) -> AsyncIterator[Any]:

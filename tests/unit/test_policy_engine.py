@@ -220,8 +220,9 @@ def test_elements_decide_as_kubernetes_does(seed: int) -> None:
     _no_overlaps(state)
     policies = [compile_policy(o) for o in objects]
     wrong = []
-    for src in [*pods, *OUTSIDE]:
-        for dst in [*pods, *OUTSIDE]:
+    ends: list[PodInfo | str] = [*pods, *OUTSIDE]
+    for src in ends:
+        for dst in ends:
             if src is dst or (isinstance(src, str) and isinstance(dst, str)):
                 continue
             for proto in (TCP, UDP):
@@ -242,7 +243,7 @@ def test_changes_one_at_a_time_end_where_a_fresh_start_does(seed: int) -> None:
     policies: dict[str, policy_pb2.NetworkPolicy] = {}
     ns_labels: dict[str, dict[str, str]] = {}
     applied = State(set(), {})
-    for step in range(60):
+    for _step in range(60):
         roll = rng.random()
         if roll < 0.35:
             uid = f"u{rng.randint(0, 7)}"
@@ -310,6 +311,6 @@ def _apply(state: State, changes: object) -> None:
 
 
 def test_segments_are_disjoint_and_keep_the_lowest_value() -> None:
-    boxes = [(((80, 81),), 2), (((80, 80),), 1), (((0, 65535),), 3)]
+    boxes: list[tuple[tuple[tuple[int, int], ...], int]] = [(((80, 81),), 2), (((80, 80),), 1), (((0, 65535),), 3)]
     assert segment(boxes) == [(((0, 79),), 3), (((80, 80),), 1), (((81, 81),), 2), (((82, 65535),), 3)]
     assert segment([(((1, 5), (1, 1)), 1), (((6, 9), (1, 1)), 1)]) == [(((1, 9), (1, 1)), 1)]
