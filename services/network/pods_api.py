@@ -30,6 +30,11 @@ def present(deps: Deps, pod: objects_pb2.Pod) -> objects_pb2.Pod:
     return pod
 
 
+# A pod may ask for its address (as Calico's cni.projectcalico.org/ipAddrs):
+# one free address of its tenant network, kept for the pod's life.
+REQUESTED_ADDRESS = "pinet.io/ip-address"
+
+
 async def create_pod(deps: Deps, tenant: str, pod: objects_pb2.Pod) -> objects_pb2.Pod:
     await deps.tenants.ensure(tenant)
     pod.metadata.namespace = namespace(pod.metadata.namespace)
@@ -54,7 +59,11 @@ async def create_pod(deps: Deps, tenant: str, pod: objects_pb2.Pod) -> objects_p
         tenant=tenant, kind=ipam_pb2.OWNER_KIND_POD, handle=pod.metadata.uid, name=f"{ns}/{name}",
         node=pod.spec.node_name,
     )  # fmt: skip
-    alloc = await deps.ipam.allocate(pod_pool(tenant), owner, field="status.podIP")
+    requested = pod.metadata.annotations.get(REQUESTED_ADDRESS, "")
+    if requested:
+        validation.ipv4_address(requested, f"metadata.annotations[{REQUESTED_ADDRESS}]")
+    # ipam refuses an address outside the network or taken, naming the field.
+    alloc = await deps.ipam.allocate(pod_pool(tenant), owner, address=requested, field="status.podIP")
     pod.status.phase = objects_pb2.POD_PHASE_PENDING
     pod.status.pod_ip = alloc.address
     pod.status.host_ip = node.underlay_ip if node is not None else ""

@@ -107,6 +107,13 @@ def port_name(value: str, path: str) -> None:
         )
 
 
+def ipv4_address(value: str, path: str) -> None:
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        raise fail(path, f"{value!r} is not an IPv4 address") from None
+
+
 def protocol(value: int, path: str) -> None:
     if value not in transport.KNOWN:
         raise fail(path, "must be TCP or UDP")

@@ -105,7 +105,10 @@ async def matrix(sources: Sequence[Prober], targets: dict[str, str], ports: Sequ
     async def one(src: Prober) -> dict[Cell, bool]:
         cells = [(name, ip, proto, port) for name, ip in targets.items() if name != src.name for proto, port in ports]
         results = await src.run([(proto, ip, port) for _, ip, proto, port in cells])
-        return {(src.name, name, proto, port): got == name for (name, _, proto, port), got in zip(cells, results, strict=True)}
+        return {
+            (src.name, name, proto, port): got == name
+            for (name, _, proto, port), got in zip(cells, results, strict=True)
+        }
 
     out: dict[Cell, bool] = {}
     for part in await asyncio.gather(*(one(s) for s in sources)):

@@ -8,22 +8,28 @@ until its matrix holds (or a deadline passes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from pinet.api.network.v1 import network_pb2, objects_pb2, policy_pb2, policy_pb2_grpc
-from pinet.cli.policy_manifests import parse_network_policy
-from pinet.devstack.hosts import INTERNET_IP
 from pinet.api.common.v1 import meta_pb2
-from tests.helpers.cloud import Cloud, running_cloud
+from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2, policy_pb2, policy_pb2_grpc
+from pinet.cli.policy_manifests import parse_network_policy
 from pinet.devstack.etcd import EtcdServer
+from pinet.devstack.hosts import INTERNET_IP
+from pinet.hostnet import names
+from services.network.pods_api import REQUESTED_ADDRESS
+from tests.helpers.cloud import Cloud, running_cloud
 from tests.helpers.platform import Tenant
 from tests.helpers.services import service
+from tests.helpers.traffic import ECHO, serve
 from tests.netpol.probes import PORTS, Cell, Expect, Prober, matrix, render
 
 NAMESPACES = ("x", "y", "z")
@@ -79,11 +85,15 @@ class Lab:
             await asyncio.sleep(0.3)
 
 
-async def make_pod(cloud: Cloud, t: Tenant, ns: str, name: str, node: str, labels: dict[str, str]) -> objects_pb2.Pod:
+async def make_pod(
+    cloud: Cloud, t: Tenant, ns: str, name: str, node: str, labels: dict[str, str], address: str = ""
+) -> objects_pb2.Pod:
     pod = objects_pb2.Pod()
     pod.metadata.name, pod.metadata.namespace = name, ns
     pod.metadata.labels.update(labels)
     pod.spec.node_name = node
+    if address:
+        pod.metadata.annotations[REQUESTED_ADDRESS] = address
     container = pod.spec.containers.add(name="c", image="agnhost")
     for port_name, number, proto in CONTAINER_PORTS:
         container.ports.add(name=port_name, container_port=number,
@@ -98,7 +108,7 @@ async def make_pod(cloud: Cloud, t: Tenant, ns: str, name: str, node: str, label
         await asyncio.sleep(0.1)
 
 
-async def populate(cloud: Cloud, t: Tenant, policies: Any) -> Lab:
+async def populate(cloud: Cloud, t: Tenant, policies: Any, addresses: dict[str, str] | None = None) -> Lab:
     lab = Lab(cloud, t, policies)
     for ns in NAMESPACES:
         await lab.call("PutNamespace", policy_pb2.PutNamespaceRequest(
@@ -106,7 +116,8 @@ async def populate(cloud: Cloud, t: Tenant, policies: Any) -> Lab:
         for p in PODS:
             host = 2 if (ns, p) == ("y", "c") else HOST_OF[p]
             labels = {"pod": p, **({"fip": "yes"} if ns == "x" and p in ("a", "b") else {})}
-            pod = await make_pod(cloud, t, ns, p, cloud.hosts.host(host), labels)
+            address = (addresses or {}).get(f"{ns}/{p}", "")
+            pod = await make_pod(cloud, t, ns, p, cloud.hosts.host(host), labels, address)
             lab.pods[f"{ns}/{p}"] = pod
     for name, pod in lab.pods.items():
         lab.probers[name] = await Prober.start(cloud.pod_netns(pod), name, pod.status.pod_ip)
@@ -128,14 +139,17 @@ async def lab(etcd_server: EtcdServer, tmp_path_factory: pytest.TempPathFactory)
         finally:
             for prober in lab.probers.values():
                 await prober.stop()
+            for name in lab.pods:
+                ns, pod = name.split("/")
+                await t.call("DeletePod", network_pb2.ObjectRef(namespace=ns, name=pod))
 
 
 def ns_of(name: str) -> str:
-    return name.split("/")[0]
+    return name.split("/", maxsplit=1)[0]
 
 
 def pod_of(name: str) -> str:
-    return name.split("/")[-1]
+    return name.rsplit("/", maxsplit=1)[-1]
 
 
 ALL: Expect = lambda s, d, proto, port: True  # noqa: E731
@@ -168,13 +182,23 @@ CASES: dict[str, Case] = {
         lambda lab: lambda s, d, pr, po: d != "x/a" or ns_of(s) == "y",
     ),
     "allow x/a from pods b of namespace y (one peer, both selectors)": (
-        [("x", "a-from-yb", {"podSelector": A, "ingress": [{"from": [
-            {"namespaceSelector": NS["y"], "podSelector": B}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-from-yb",
+                {"podSelector": A, "ingress": [{"from": [{"namespaceSelector": NS["y"], "podSelector": B}]}]},
+            )
+        ],
         lambda lab: lambda s, d, pr, po: d != "x/a" or s == "y/b",
     ),
     "allow x/a from namespace y or from pods b (two peers)": (
-        [("x", "a-from-y-or-b", {"podSelector": A, "ingress": [{"from": [
-            {"namespaceSelector": NS["y"]}, {"podSelector": B}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-from-y-or-b",
+                {"podSelector": A, "ingress": [{"from": [{"namespaceSelector": NS["y"]}, {"podSelector": B}]}]},
+            )
+        ],
         lambda lab: lambda s, d, pr, po: d != "x/a" or ns_of(s) == "y" or s == "x/b",
     ),
     "allow x/a on TCP 80 only": (
@@ -194,8 +218,10 @@ CASES: dict[str, Case] = {
         lambda lab: lambda s, d, pr, po: d != "x/a" or pr == "tcp",
     ),
     "two policies on x/a allow their union": (
-        [("x", "a-from-b", {"podSelector": A, "ingress": [{"from": [{"podSelector": B}]}]}),
-         ("x", "a-from-z", {"podSelector": A, "ingress": [{"from": [{"namespaceSelector": NS["z"]}]}]})],
+        [
+            ("x", "a-from-b", {"podSelector": A, "ingress": [{"from": [{"podSelector": B}]}]}),
+            ("x", "a-from-z", {"podSelector": A, "ingress": [{"from": [{"namespaceSelector": NS["z"]}]}]}),
+        ],
         lambda lab: lambda s, d, pr, po: d != "x/a" or s == "x/b" or ns_of(s) == "z",
     ),
     "allow x/a from pods c of every namespace": (
@@ -203,35 +229,77 @@ CASES: dict[str, Case] = {
         lambda lab: lambda s, d, pr, po: d != "x/a" or pod_of(s) == "c",
     ),
     "deny ingress to pods b and c of y (matchExpressions In)": (
-        [("y", "deny-bc", {"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In",
-                                                                   "values": ["b", "c"]}]},
-                           "policyTypes": ["Ingress"]})],  # fmt: skip
+        [
+            (
+                "y",
+                "deny-bc",
+                {
+                    "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]},
+                    "policyTypes": ["Ingress"],
+                },
+            )
+        ],
         lambda lab: lambda s, d, pr, po: d not in ("y/b", "y/c"),
     ),
     "pods of x but a take only a (matchExpressions NotIn)": (
-        [("x", "only-a", {"podSelector": {"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["a"]}]},
-                          "ingress": [{"from": [{"podSelector": A}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "only-a",
+                {
+                    "podSelector": {"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["a"]}]},
+                    "ingress": [{"from": [{"podSelector": A}]}],
+                },
+            )
+        ],
         lambda lab: lambda s, d, pr, po: d not in ("x/b", "x/c") or s == "x/a",
     ),
     "x/a may reach namespace y only": (
-        [("x", "a-to-y", {"podSelector": A, "policyTypes": ["Egress"],
-                          "egress": [{"to": [{"namespaceSelector": NS["y"]}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-to-y",
+                {"podSelector": A, "policyTypes": ["Egress"], "egress": [{"to": [{"namespaceSelector": NS["y"]}]}]},
+            )
+        ],
         lambda lab: lambda s, d, pr, po: s != "x/a" or ns_of(d) == "y",
     ),
     "x/a may reach pods b of x on their named port serve-80-udp": (
-        [("x", "a-to-b-udp", {"podSelector": A, "policyTypes": ["Egress"],
-                              "egress": [{"to": [{"podSelector": B}], "ports": [{"protocol": "UDP",
-                                                                                  "port": "serve-80-udp"}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-to-b-udp",
+                {
+                    "podSelector": A,
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"podSelector": B}], "ports": [{"protocol": "UDP", "port": "serve-80-udp"}]}],
+                },
+            )
+        ],
         lambda lab: lambda s, d, pr, po: s != "x/a" or (d == "x/b" and (pr, po) == ("udp", 80)),
     ),
     "x/a may reach one address block: y/b's address": (
-        [("x", "a-to-ip", {"podSelector": A, "policyTypes": ["Egress"],
-                           "egress": [{"to": [{"ipBlock": {"cidr": "{y/b}/32"}}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-to-ip",
+                {"podSelector": A, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": "{y/b}/32"}}]}]},
+            )
+        ],
         lambda lab: lambda s, d, pr, po: s != "x/a" or d == "y/b",
     ),
     "x/a may reach the pod network except y/b (ipBlock except)": (
-        [("x", "a-not-yb", {"podSelector": A, "policyTypes": ["Egress"],
-                            "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["{y/b}/32"]}}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-not-yb",
+                {
+                    "podSelector": A,
+                    "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["{y/b}/32"]}}]}],
+                },
+            )
+        ],
         lambda lab: lambda s, d, pr, po: s != "x/a" or d != "y/b",
     ),
     "x/a takes connections from z/c's address only (ingress ipBlock)": (
@@ -239,9 +307,18 @@ CASES: dict[str, Case] = {
         lambda lab: lambda s, d, pr, po: d != "x/a" or s == "z/c",
     ),
     "x/a both ways: in from pods b, out to namespace z": (
-        [("x", "a-both", {"podSelector": A, "policyTypes": ["Ingress", "Egress"],
-                          "ingress": [{"from": [{"podSelector": B}]}],
-                          "egress": [{"to": [{"namespaceSelector": NS["z"]}]}]})],  # fmt: skip
+        [
+            (
+                "x",
+                "a-both",
+                {
+                    "podSelector": A,
+                    "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"podSelector": B}]}],
+                    "egress": [{"to": [{"namespaceSelector": NS["z"]}]}],
+                },
+            )
+        ],
         lambda lab: lambda s, d, pr, po: (d != "x/a" or s == "x/b") and (s != "x/a" or ns_of(d) == "z"),
     ),
     "every namespace denies ingress but y takes x": (
@@ -355,3 +432,171 @@ async def test_ingress_ip_block_sees_the_internet_client_through_a_floating_ip(l
         await lab.clear()
         await t.call("DeleteService", network_pb2.ObjectRef(namespace="x", name="web"))
         await t.call("ReleaseFloatingIP", network_pb2.ReleaseFloatingIPRequest(address=fip))
+
+
+async def test_a_policy_added_and_removed_while_a_connection_lasts(lab: Lab) -> None:
+    """A connection made before a policy denies it goes on (conntrack keeps
+    what was allowed, as Calico and Cilium do); new ones are refused, and
+    come back when the policy goes."""
+    echo = serve(lab.cloud.pod_netns(lab.pods["x/a"]), 90, "", ECHO)
+    chatter = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", lab.cloud.pod_netns(lab.pods["x/b"]), sys.executable, "-c", HOLD, lab.ip("x/a"), "90",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert chatter.stdout is not None
+    assert (await asyncio.wait_for(chatter.stdout.readline(), 10)).startswith(b"connected"), "the long connection opens"
+    try:
+        await lab.policy("x", "deny", {"podSelector": {}, "policyTypes": ["Ingress"]})
+        await lab.expect(lambda s, d, pr, po: ns_of(d) != "x", what="deny ingress in x, a connection open")
+        line = await asyncio.wait_for(chatter.stdout.readline(), 10)
+        assert line.startswith(b"still"), f"the connection made before the policy lives on: {line!r}"
+        await lab.clear()
+        await lab.expect(ALL, what="the policy removed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            chatter.kill()
+        await chatter.wait()
+        echo.kill()
+        await lab.clear()
+
+
+# Holds one TCP connection, says so, and after 4 s says whether it still works.
+HOLD = r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print("connected", flush=True)
+time.sleep(4)
+try:
+    c.settimeout(3); c.sendall(b"ping"); assert c.recv(100) == b"ping"; print("still open", flush=True)
+except OSError as e:
+    print("broken", e, flush=True)
+"""
+
+
+async def test_pods_relabelled_into_and_out_of_selectors(lab: Lab) -> None:
+    """Target and peer selection follow a pod's labels, both ways."""
+    t = lab.tenant
+
+    async def relabel(name: str, **labels: str | None) -> None:
+        ns, pod_name = name.split("/")
+        pod = await t.call("GetPod", network_pb2.ObjectRef(namespace=ns, name=pod_name))
+        for key, value in labels.items():
+            if value is None:
+                pod.metadata.labels.pop(key, None)
+            else:
+                pod.metadata.labels[key] = value
+        await t.call("UpdatePod", network_pb2.UpdatePodRequest(pod=pod))
+
+    await lab.policy("x", "db", {"podSelector": {"matchLabels": {"role": "db"}}, "ingress": [
+        {"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}]}]})  # fmt: skip
+    try:
+        await lab.expect(ALL, what="nobody carries role=db yet")
+        await relabel("x/c", role="db")
+        await lab.expect(lambda s, d, pr, po: d != "x/c", what="x/c relabelled into the policy's target")
+        await relabel("x/b", role="friend")
+        await lab.expect(lambda s, d, pr, po: d != "x/c" or s == "x/b", what="x/b relabelled into the peers")
+        await relabel("x/b", role=None)
+        await lab.expect(lambda s, d, pr, po: d != "x/c", what="x/b relabelled out of the peers")
+        await relabel("x/c", role=None)
+        await lab.expect(ALL, what="x/c relabelled out of the target")
+    finally:
+        await lab.clear()
+        await relabel("x/b", role=None)
+        await relabel("x/c", role=None)
+
+
+async def test_a_namespace_relabelled_into_a_namespace_selector(lab: Lab) -> None:
+    await lab.policy("x", "from-blue", {"podSelector": A, "ingress": [
+        {"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]}]})  # fmt: skip
+
+    async def label_z(labels: dict[str, str]) -> None:
+        ns = policy_pb2.Namespace(metadata=meta_pb2.ObjectMeta(name="z", labels={"ns": "z", **labels}))
+        await lab.call("PutNamespace", policy_pb2.PutNamespaceRequest(namespace=ns))
+
+    try:
+        await lab.expect(lambda s, d, pr, po: d != "x/a", what="no namespace is team=blue")
+        await label_z({"team": "blue"})
+        await lab.expect(lambda s, d, pr, po: d != "x/a" or ns_of(s) == "z", what="z labelled team=blue")
+        await label_z({})
+        await lab.expect(lambda s, d, pr, po: d != "x/a", what="z's label removed")
+    finally:
+        await lab.clear()
+        await label_z({})
+
+
+async def test_counters_the_describe_and_repair(lab: Lab) -> None:
+    """Allowed and dropped connections per policy in each agent's /metrics;
+    the policy's pods in `pi describe`; an element deleted by hand is put
+    back, and the table goes with the tenant's last policy."""
+    await lab.policy("x", "a-from-b", {"podSelector": A, "ingress": [{"from": [{"podSelector": B}]}]})
+    try:
+        await lab.expect(lambda s, d, pr, po: d != "x/a" or s == "x/b", what="x/a from x/b only")
+        host1 = lab.cloud.agents[lab.cloud.hosts.host(1)]
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            text = await asyncio.to_thread(_scrape, host1.metrics)
+            allowed = _metric(text, "acme", "x/a-from-b", "ingress", "allowed")
+            dropped = _metric(text, "acme", "x/a-from-b", "ingress", "dropped")
+            if allowed > 0 and dropped > 0:
+                break
+            assert time.monotonic() < deadline, f"x/a-from-b on host 1: allowed {allowed}, dropped {dropped}"
+            await asyncio.sleep(0.5)
+        router = names.router_netns(lab.cloud.hosts.host(1), await _vni(lab))
+        # By hand, as an operator could: x/a no longer isolated on host 1.
+        out = lab.cloud.hosts.exec(router, "nft", "flush", "map", "ip", "pinet-policy", "np-in-iso")
+        assert out.returncode == 0, out.stderr
+        probes = [lab.probers[s] for s in ("x/c", "y/a")]  # both on host 1 with x/a
+        await lab.expect(lambda s, d, pr, po: d != "x/a" or s == "x/b", sources=[p.name for p in probes],
+                         what="the flushed map put back by the agent's next sync")  # fmt: skip
+    finally:
+        await lab.clear()
+    router = names.router_netns(lab.cloud.hosts.host(1), await _vni(lab))
+    deadline = time.monotonic() + DEADLINE
+    while lab.cloud.hosts.exec(router, "nft", "list", "table", "ip", "pinet-policy").returncode == 0:
+        assert time.monotonic() < deadline, "the policy table goes with the tenant's last policy"
+        await asyncio.sleep(0.3)
+
+
+async def _vni(lab: Lab) -> int:
+    stub = network_pb2_grpc.AdminServiceStub(lab.cloud.channel)
+    tenant = await stub.GetTenant(network_pb2.GetTenantRequest(name="acme"),
+                                  metadata=(("authorization", f"Bearer {lab.cloud.admin_token}"),))  # fmt: skip
+    return int(tenant.network.vni)
+
+
+def _scrape(address: str) -> str:
+    return str(urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode())
+
+
+def _metric(text: str, tenant: str, policy: str, direction: str, verdict: str) -> float:
+    want = (f'pinet_netpol_connections_total{{direction="{direction}",policy="{policy}",tenant="{tenant}",'
+            f'verdict="{verdict}"}}')  # fmt: skip
+    for line in text.splitlines():
+        if line.startswith(want):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_two_tenants_with_the_same_names_labels_and_addresses(lab: Lab) -> None:
+    """Another tenant with the very same namespaces, pods, labels and (its
+    network overlapping) addresses: acme's policies leave it untouched."""
+    cloud = lab.cloud
+    twin_tenant = await cloud.tenant("acme-twin")
+    twin = await populate(cloud, twin_tenant, lab.policies, {n: lab.ip(n) for n in lab.pod_names()})
+    try:
+        same = {n: (lab.ip(n), twin.ip(n)) for n in lab.pod_names()}
+        assert all(a == b for a, b in same.values()), f"the twins' pods have the same addresses: {same}"
+        await lab.policy("x", "deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+        await lab.expect(lambda s, d, pr, po: ns_of(s) != "x" and ns_of(d) != "x", what="acme denies x both ways")
+        await twin.expect(ALL, what="acme-twin, with no policy, keeps every path")
+        await twin.policy("y", "deny", {"podSelector": {}, "policyTypes": ["Ingress"]})
+        await twin.expect(lambda s, d, pr, po: ns_of(d) != "y", what="acme-twin denies ingress to y")
+        await lab.expect(lambda s, d, pr, po: ns_of(s) != "x" and ns_of(d) != "x", what="acme is as it was")
+    finally:
+        await lab.clear()
+        await twin.clear()
+        for prober in twin.probers.values():
+            await prober.stop()
+        for name in twin.pods:
+            ns, pod = name.split("/")
+            await twin_tenant.call("DeletePod", network_pb2.ObjectRef(namespace=ns, name=pod))
