@@ -12,7 +12,7 @@ import grpc
 from pinet.api.ipam.v1 import ipam_pb2
 from pinet.api.network.v1 import objects_pb2
 from pinet.etcd.client import Etcd
-from pinet.etcd.keyspace import DEPLOYMENTS, PODS, SERVICES, TENANTS, VNIS
+from pinet.etcd.keyspace import DEPLOYMENTS, NAMESPACES, NETWORK_POLICIES, PODS, SERVICES, TENANTS, VNIS
 from pinet.etcd.txn import key_missing, mod_revision_is, op_delete, op_put
 from pinet.objects.meta import now
 from pinet.runtime.errors import ApiError, aborted, exhausted, failed_precondition, not_found
@@ -81,8 +81,8 @@ class Tenants:
             return tenant
 
     async def delete(self, name: str, tokens: TokenStore) -> None:
-        """Remove an empty tenant: its network's pools, its VNI and its tokens
-        go with it. Objects or floating IPs left: FAILED_PRECONDITION."""
+        """Remove an empty tenant: its network's pools, its VNI, its tokens,
+        network policies and namespaces' labels go with it. Objects or floating IPs left: FAILED_PRECONDITION."""
         tenant = self.get(name)
         if tenant is None:
             raise not_found(f"tenant {name!r} not found")
@@ -113,6 +113,9 @@ class Tenants:
         for token_key, item in tokens.informer.items():
             if item.obj.tenant == name:
                 await self.etcd.delete(token_key)
+        # Configuration that would otherwise fence a new tenant of the same name.
+        for prefix in (NETWORK_POLICIES.scope_prefix(name), NAMESPACES.scope_prefix(name)):
+            await self.etcd.delete_prefix(prefix)
 
     async def _create(self, name: str, spec: objects_pb2.NetworkSpec) -> objects_pb2.Tenant:
         key = TENANTS.key(name)

@@ -226,6 +226,64 @@ async def test_two_tenants_walk_through_and_leave_nothing(stack: Stack, tmp_path
 
 
 @pytest.mark.slow
+async def test_a_tenant_fences_its_web_pods_with_pi(stack: Stack, tmp_path: Path) -> None:
+    """examples/networkpolicy.yml through `pi`: the internet still reaches the
+    replicas through their floating IP, the tenant's other pods do not; pi
+    describes the policy with the pods it selects, prints it as YAML,
+    applies a change and deletes it; a bad manifest is one line and exit 1."""
+    admin = Tenant(stack, "admin", stack.state / "admin-token")
+    (tmp_path / "token").write_text(await admin.api("admin", "token", "fenced"))
+    t = Tenant(stack, "fenced", tmp_path / "token")
+    fip, pods = await walkthrough(t, tmp_path / "work")
+    url = f"http://{fip}:8080"
+    ips = {name: ip for name, (_, ip, _) in (await t.pods()).items()}
+
+    async def pod_to_pod() -> str:
+        return served_by(await t.api("exec", pods[0], "--", "curl", "-s", "--max-time", "2", f"http://{ips[pods[1]]}/",
+                                     check=False))  # fmt: skip
+
+    await eventually(lambda: served_by(curl_from_internet(stack, url)), f"{url} answers")
+    assert await pod_to_pod() == pods[1]
+    assert await t.api("create", "-f", str(EXAMPLES / "networkpolicy.yml")) == "networkpolicy/web-from-frontends\n"
+    listed = await t.api("get", "netpol")
+    assert "web-from-frontends" in listed and "app=nginx" in listed and "Ingress" in listed, listed
+    described = await t.api("describe", "netpol", "web-from-frontends")
+    assert all(name in described for name in pods), described
+
+    async def fenced() -> bool:
+        return await pod_to_pod() == ""
+
+    await eventually(fenced, "the other replica no longer reaches nginx directly")
+    seen = {served_by(await asyncio.to_thread(curl_from_internet, stack, url)) for _ in range(12)}
+    assert seen == set(pods), f"the internet still reaches both replicas: {seen}"
+    text = await t.api("get", "netpol", "web-from-frontends", "-o", "yaml")
+    assert "ipBlock" in text and "10.244.0.0/16" in text, text
+    (tmp_path / "changed.yml").write_text(text.replace("role: frontend", "app: nginx"))
+    assert "configured" in await t.api("apply", "-f", str(tmp_path / "changed.yml"))
+
+    async def open_again() -> bool:
+        return await pod_to_pod() == pods[1]
+
+    await eventually(open_again, "the applied change lets the replicas talk")
+    (tmp_path / "bad.yml").write_text(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad}\n"
+        "spec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 70000}]\n"
+    )
+    bad = subprocess.run([os.path.join(ROOT, ".venv/bin/pi"), "create", "-f", str(tmp_path / "bad.yml")],
+                         capture_output=True, text=True, check=False, timeout=60,
+                         env={**os.environ, "PINET_API": stack.api, "PINET_TOKEN_FILE": str(tmp_path / "token"),
+                              "PINET_CA": str(stack.pki / "ca.crt")})  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "spec.ingress[0].ports[0].port" in bad.stderr, bad.stderr
+    assert "bad" not in await t.api("get", "netpol")
+    await t.api("delete", "netpol", "web-from-frontends")
+    assert "web-from-frontends" not in await t.api("get", "netpol")
+    await t.api("delete", "deployment", "nginx")
+    await t.api("delete", "service", "test-loadbalancer")
+    await t.api("delete", "fip", fip)
+
+
+@pytest.mark.slow
 async def test_scripts_up_demo_plays_the_walkthrough(tmp_path: Path) -> None:
     stack = new_stack(tmp_path)
     out = await asyncio.to_thread(
