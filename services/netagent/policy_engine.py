@@ -31,13 +31,29 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from services.netagent.policy_model import BlockPeer, NamedPort, PodPeer, Policy, Port, PortRange
+from services.netagent.policy_model import (
+    ANY_PORT,
+    ANY_PROTOCOL,
+    BlockPeer,
+    NamedPort,
+    PodPeer,
+    Policy,
+    Port,
+    PortRange,
+)
 
 IDS = "np-ids"
 ISOLATED = {"in": "np-in-iso", "eg": "np-eg-iso"}
-BY_POD = {"in": "np-in-pods", "eg": "np-eg-pods"}
+# Pod peers by exact keys (nft 1.0.6 lists some elements of interval maps
+# whose key holds a mark with a garbled mark, which defeats the read-back):
+# any protocol and port, any port of one protocol, or one port.
+POD_ANY = {"in": "np-in-pods-any", "eg": "np-eg-pods-any"}
+POD_PROTOCOL = {"in": "np-in-pods-proto", "eg": "np-eg-pods-proto"}
+POD_PORT = {"in": "np-in-pods-port", "eg": "np-eg-pods-port"}
+BY_POD = {d: (POD_ANY[d], POD_PROTOCOL[d], POD_PORT[d]) for d in ("in", "eg")}
 BY_BLOCK = {"in": "np-in-blocks", "eg": "np-eg-blocks"}
 DIRECTIONS = ("in", "eg")
+MAP_DIRECTION = {name: d for d in DIRECTIONS for name in (ISOLATED[d], *BY_POD[d], BY_BLOCK[d])}
 DIRECTION_NAMES = {"in": "ingress", "eg": "egress"}
 
 Key = tuple[str, ...]
@@ -262,7 +278,7 @@ class TenantPolicies:
         for key, number in self.numbers.items():
             counters |= self._counters_of(number, self.policies[key])
         maps: dict[str, dict[Key, str]] = {IDS: {(ip,): str(i) for ip, i in self._ids.items()}}
-        for name in (*ISOLATED.values(), *BY_POD.values(), *BY_BLOCK.values()):
+        for name in MAP_DIRECTION:
             maps.setdefault(name, {})
         for (name, _), elements in self._elements.items():
             maps[name].update(elements)
@@ -449,8 +465,16 @@ class TenantPolicies:
         # A named port is the destination's: the target's for ingress, the peer's for egress.
         named = target.ports if direction == "in" else self._identity_info[identity].ports
         for port in ports:
-            for protocol, number_range in resolve(port, named):
-                self._ref(BY_POD[direction], (target.ip, str(identity)), (protocol, number_range), number, sign)
+            for protocols, numbers in resolve(port, named):
+                pair = (target.ip, str(identity))
+                if protocols == ANY_PROTOCOL:
+                    self._ref(POD_ANY[direction], pair, (), number, sign)
+                elif numbers == ANY_PORT:
+                    self._ref(POD_PROTOCOL[direction], (*pair, str(protocols[0])), (), number, sign)
+                else:
+                    # A range is spelt out port by port (exact keys only, see POD_ANY).
+                    for one in range(numbers[0], numbers[1] + 1):
+                        self._ref(POD_PORT[direction], (*pair, str(protocols[0]), str(one)), (), number, sign)
 
     def _block_elements(
         self, number: int, direction: str, target: PodInfo, peer: BlockPeer, ports: tuple[Port, ...], sign: int
@@ -484,7 +508,7 @@ class TenantPolicies:
         intervals), each valued with the lowest policy covering it."""
         boxes = self._boxes.get((name, group), {})
         pieces = segment([(box, min(refs)) for box, refs in boxes.items()])
-        direction = "in" if name in (ISOLATED["in"], BY_POD["in"], BY_BLOCK["in"]) else "eg"
+        direction = MAP_DIRECTION[name]
         counter = dropped_counter if name in ISOLATED.values() else allowed_counter
         out = {}
         for box, number in pieces:

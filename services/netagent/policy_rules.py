@@ -16,23 +16,39 @@ packet is looked at; replies and later packets pass on the first rule.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 from pinet.hostnet import names
 from pinet.hostnet.nft import BaseRules, base_rules
-from services.netagent.policy_engine import BY_BLOCK, BY_POD, IDS, ISOLATED, Changes, Key, State
+from services.netagent.policy_engine import (
+    BY_BLOCK,
+    IDS,
+    ISOLATED,
+    POD_ANY,
+    POD_PORT,
+    POD_PROTOCOL,
+    Changes,
+    Key,
+    State,
+)
 
 TABLE = names.POLICY_TABLE
-_POD_KEY = "ipv4_addr . mark . inet_proto . inet_service"
 _BLOCK_KEY = "ipv4_addr . ipv4_addr . inet_proto . inet_service"
 
 
 def base() -> BaseRules:
     t = TABLE
+    ports = "meta l4proto . th dport"
     body = [
         f"add table {t}",
         f"add map {t} {IDS} {{ type ipv4_addr : mark; }}",
         *(f"add map {t} {ISOLATED[d]} {{ type ipv4_addr : counter; }}" for d in ("in", "eg")),
-        *(f"add map {t} {BY_POD[d]} {{ type {_POD_KEY} : counter; flags interval; }}" for d in ("in", "eg")),
+        *(f"add map {t} {POD_ANY[d]} {{ type ipv4_addr . mark : counter; }}" for d in ("in", "eg")),
+        *(f"add map {t} {POD_PROTOCOL[d]} {{ type ipv4_addr . mark . inet_proto : counter; }}" for d in ("in", "eg")),
+        *(
+            f"add map {t} {POD_PORT[d]} {{ type ipv4_addr . mark . inet_proto . inet_service : counter; }}"
+            for d in ("in", "eg")
+        ),
         *(f"add map {t} {BY_BLOCK[d]} {{ type {_BLOCK_KEY} : counter; flags interval; }}" for d in ("in", "eg")),
         f"add chain {t} postrouting {{ type filter hook postrouting priority filter; policy accept; }}",
         f"flush chain {t} postrouting",
@@ -49,13 +65,17 @@ def base() -> BaseRules:
         f"add rule {t} postrouting ip daddr @{ISOLATED['in']} jump ingress",
         f"add rule {t} egress meta mark set 0",
         f"add rule {t} egress meta mark set ip daddr map @{IDS}",
-        f"add rule {t} egress counter name ip saddr . meta mark . meta l4proto . th dport map @{BY_POD['eg']} return",
-        f"add rule {t} egress counter name ip saddr . ip daddr . meta l4proto . th dport map @{BY_BLOCK['eg']} return",
+        f"add rule {t} egress counter name ip saddr . meta mark map @{POD_ANY['eg']} return",
+        f"add rule {t} egress counter name ip saddr . meta mark . meta l4proto map @{POD_PROTOCOL['eg']} return",
+        f"add rule {t} egress counter name ip saddr . meta mark . {ports} map @{POD_PORT['eg']} return",
+        f"add rule {t} egress counter name ip saddr . ip daddr . {ports} map @{BY_BLOCK['eg']} return",
         f"add rule {t} egress counter name ip saddr map @{ISOLATED['eg']} drop",
         f"add rule {t} ingress meta mark set 0",
         f"add rule {t} ingress meta mark set ip saddr map @{IDS}",
-        f"add rule {t} ingress counter name ip daddr . meta mark . meta l4proto . th dport map @{BY_POD['in']} return",
-        f"add rule {t} ingress counter name ip daddr . ip saddr . meta l4proto . th dport map @{BY_BLOCK['in']} return",
+        f"add rule {t} ingress counter name ip daddr . meta mark map @{POD_ANY['in']} return",
+        f"add rule {t} ingress counter name ip daddr . meta mark . meta l4proto map @{POD_PROTOCOL['in']} return",
+        f"add rule {t} ingress counter name ip daddr . meta mark . {ports} map @{POD_PORT['in']} return",
+        f"add rule {t} ingress counter name ip daddr . ip saddr . {ports} map @{BY_BLOCK['in']} return",
         f"add rule {t} ingress counter name ip daddr map @{ISOLATED['in']} drop",
     ]
     return base_rules(body, t)
@@ -65,15 +85,27 @@ def _value(name: str, value: str) -> str:
     return value if name == IDS else f'"{value}"'
 
 
+_INTERVAL_MAPS = tuple(BY_BLOCK.values())
+
+
+def _key_text(name: str, key: Key) -> str:
+    """nft (1.0.6) cannot delete an element of a concatenated interval map
+    spelt with single values only ("No such file or directory"), so the
+    port is always written as a range there."""
+    if name in _INTERVAL_MAPS and "-" not in key[-1]:
+        key = (*key[:-1], f"{key[-1]}-{key[-1]}")
+    return " . ".join(key)
+
+
 def element_lines(verb: str, name: str, items: Iterable[tuple[Key, str]] | Iterable[Key]) -> str:
     """One `add element` (items of (key, value)) or `delete element` (keys)."""
     parts = []
     for item in items:
         if verb == "delete":
-            parts.append(" . ".join(item))  # type: ignore[arg-type]
+            parts.append(_key_text(name, item))  # type: ignore[arg-type]
         else:
-            key, value = item  # type: ignore[misc]
-            parts.append(f"{' . '.join(key)} : {_value(name, value)}")
+            key, value = cast(tuple[Key, str], item)
+            parts.append(f"{_key_text(name, key)} : {_value(name, value)}")
     if not parts:
         return ""
     return f"{verb} element {TABLE} {name} {{ {', '.join(sorted(parts))} }}\n"

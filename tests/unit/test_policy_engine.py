@@ -169,9 +169,11 @@ def router_allows(state: State, src: str, dst: str, proto: int, port: int) -> bo
 
     def lookup(direction: str, target: str, peer: str) -> bool:
         mark = ids.get(peer, 0)
-        for key in maps[BY_POD[direction]]:
-            if key[0] == target and int(key[1]) == mark and _within(key[2], proto) and _within(key[3], port):
-                return True
+        any_name, proto_name, port_name = BY_POD[direction]
+        if (target, str(mark)) in maps[any_name] or (target, str(mark), str(proto)) in maps[proto_name]:
+            return True
+        if (target, str(mark), str(proto), str(port)) in maps[port_name]:
+            return True
         peer_int = int(ipaddress.IPv4Address(peer))
         return any(
             key[0] == target and _within(key[1], peer_int, True) and _within(key[2], proto) and _within(key[3], port)
@@ -184,10 +186,10 @@ def router_allows(state: State, src: str, dst: str, proto: int, port: int) -> bo
 
 
 def _no_overlaps(state: State) -> None:
-    for name in (*BY_POD.values(), *BY_BLOCK.values()):
+    for name in BY_BLOCK.values():
         groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
         for key in state.maps[name]:
-            split = 2 if name in BY_POD.values() else 1
+            split = 1
             groups.setdefault(key[:split], []).append(key[split:])
         for boxes in groups.values():
             for i, a in enumerate(boxes):
