@@ -14,15 +14,10 @@ from prometheus_client import Counter
 
 from pinet.api.network.v1 import objects_pb2, policy_pb2
 from pinet.objects import protocol as transport
-from services.netagent.policy_engine import (
-    DIRECTION_NAMES,
-    DIRECTIONS,
-    PodInfo,
-    TenantPolicies,
-    allowed_counter,
-    dropped_counter,
-)
+from services.netagent.policy_engine import DIRECTION_NAMES, Key, PodInfo, TenantPolicies, policy_number
 from services.netagent.policy_model import PROTOCOL_NUMBERS, compile_policy
+from services.netagent.policy_rules import logical_set
+from services.netagent.policy_tables import Counted
 
 CONNECTIONS = Counter(
     "pinet_netpol_connections_total",
@@ -63,7 +58,7 @@ class AgentPolicies:
         self._policies_of = policies_of
         self._namespaces_of = namespaces_of
         self.engines: dict[str, TenantPolicies] = {}
-        self._counted: dict[tuple[str, str, str], int] = {}  # (router, tenant, counter) -> packets so far
+        self._counted: dict[str, Counted] = {}  # router -> what its elements had counted at the last export
 
     def _build(self, tenant: str) -> TenantPolicies:
         engine = TenantPolicies({n.metadata.name: dict(n.metadata.labels) for n in self._namespaces_of(tenant)})
@@ -101,23 +96,26 @@ class AgentPolicies:
         engine.set_namespace(namespace.metadata.name, None if deleted else dict(namespace.metadata.labels))
         return True
 
-    def export(self, counters: dict[str, dict[str, int]], tenant_of: dict[str, str]) -> None:
-        """Counter packets read from each router, into the metrics."""
-        for netns, values in counters.items():
+    def export(self, counters: dict[str, Counted], tenant_of: dict[str, str]) -> None:
+        """Packets read from each router's counting elements, into the
+        metrics, each for the policy the element's value names."""
+        for netns, counted in counters.items():
             tenant = tenant_of.get(netns, "")
             engine = self.engines.get(tenant)
             if engine is None:
                 continue
-            for number, key in engine.policy_of_number().items():
-                for direction in DIRECTIONS:
-                    for verdict, name in (
-                        ("allowed", allowed_counter(number, direction)), ("dropped", dropped_counter(number, direction))
-                    ):  # fmt: skip
-                        if name not in values:
-                            continue
-                        packets, seen = values[name], self._counted.get((netns, tenant, name), 0)
-                        # A counter made anew (policy re-numbered, table remade) starts from zero.
-                        CONNECTIONS.labels(tenant, key, DIRECTION_NAMES[direction], verdict).inc(
-                            packets - seen if packets >= seen else packets
-                        )
-                        self._counted[(netns, tenant, name)] = packets
+            numbers = engine.policy_of_number()
+            seen = self._counted.get(netns, {})
+            now: dict[tuple[str, Key], int] = {}
+            for (set_name, key), packets in counted.items():
+                now[(set_name, key)] = packets
+                value = engine.attribution(logical_set(set_name), key)
+                if value is None:
+                    continue
+                number, direction, verdict = policy_number(value)
+                before = seen.get((set_name, key), 0)
+                # An element made anew (or its table remade) counts from zero again.
+                delta = packets - before if packets >= before else packets
+                if delta and number in numbers:
+                    CONNECTIONS.labels(tenant, numbers[number], DIRECTION_NAMES[direction], verdict).inc(delta)
+            self._counted[netns] = now

@@ -12,9 +12,9 @@ peers are a set of identity numbers, and the router's lookup is
 one hash and one interval lookup per new connection whatever the number of
 policies. Every element is reference-counted by the policies that produce
 it, so the union of policies is what the maps hold and a change adds and
-removes only the elements whose count crosses zero. An element's value is
-the counter of the lowest-numbered policy producing it: connections are
-counted against one policy that allowed them.
+removes only the elements whose count crosses zero. An element's value
+names the lowest-numbered policy producing it and the verdict: what the
+element's own counter counts is reported for that policy.
 
 What a change costs: a pod added or removed, its elements with the policies
 selecting it as a target or as a peer (found through a label index, not by
@@ -62,11 +62,19 @@ T = TypeVar("T")
 
 
 def allowed_counter(number: int, direction: str) -> str:
+    """The value of an element allowing connections for policy number."""
     return f"np{number}-{direction}"
 
 
 def dropped_counter(number: int, direction: str) -> str:
+    """The value of a pod's isolation element: its drops count for policy number."""
     return f"np{number}-{direction}-drop"
+
+
+def policy_number(value: str) -> tuple[int, str, str]:
+    """(policy number, direction, verdict) of an element's value."""
+    number, direction, *drop = value[2:].split("-")
+    return int(number), direction, "dropped" if drop else "allowed"
 
 
 def _range(first: int, last: int) -> str:
@@ -134,16 +142,14 @@ class AnchorIndex(Generic[T]):
 
 @dataclass
 class Changes:
-    """What to do to the router's policy table, in this order: add counters,
-    remove elements, add elements, remove counters."""
+    """What to do to the router's policy table: remove elements, then add
+    elements (a key in both changes its value)."""
 
-    add_counters: set[str] = field(default_factory=set)
-    remove_counters: set[str] = field(default_factory=set)
     add: dict[str, dict[Key, str]] = field(default_factory=dict)
     remove: dict[str, set[Key]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.add_counters or self.remove_counters or self.add or self.remove)
+        return bool(self.add or self.remove)
 
     def count(self) -> int:
         return sum(map(len, self.add.values())) + sum(map(len, self.remove.values()))
@@ -153,7 +159,6 @@ class Changes:
 class State:
     """Everything the table should hold."""
 
-    counters: set[str] = field(default_factory=set)
     maps: dict[str, dict[Key, str]] = field(default_factory=dict)
 
 
@@ -185,8 +190,6 @@ class TenantPolicies:
         self._dirty: set[tuple[str, Key]] = set()
         self._elements: dict[tuple[str, Key], dict[Key, str]] = {}  # as of the last flush
         self._touched: dict[tuple[str, Key], str | None] = {}  # np-ids keys -> value before
-        self._counters_added: set[str] = set()
-        self._counters_removed: set[str] = set()
 
     # ------------------------------------------------------------ inputs
 
@@ -214,12 +217,10 @@ class TenantPolicies:
             self._unapply(number, old)
         if policy is None:
             if number is not None:
-                self._release_number(key, number, old)
+                self._release_number(key, number)
             return
         if number is None:
-            number = self._assign_number(key, policy)
-        else:
-            self._sync_counters(number, old, policy)
+            number = self._assign_number(key)
         self.policies[key] = policy
         self._by_number[number] = policy
         self._apply(number, policy)
@@ -243,7 +244,7 @@ class TenantPolicies:
 
     def flush(self) -> Changes:
         """The changes since the last flush."""
-        out = Changes(set(self._counters_added), set(self._counters_removed))
+        out = Changes()
         for (name, key), before in self._touched.items():
             identity = self._ids.get(key[0])
             after = str(identity) if identity is not None else None
@@ -267,68 +268,44 @@ class TenantPolicies:
                 out.remove.setdefault(name, set()).add(key)
         self._dirty.clear()
         self._touched.clear()
-        self._counters_added.clear()
-        self._counters_removed.clear()
         return out
 
     def state(self) -> State:
         """Everything the table should hold (flushed changes included)."""
         self.flush()
-        counters = set()
-        for key, number in self.numbers.items():
-            counters |= self._counters_of(number, self.policies[key])
         maps: dict[str, dict[Key, str]] = {IDS: {(ip,): str(i) for ip, i in self._ids.items()}}
         for name in MAP_DIRECTION:
             maps.setdefault(name, {})
         for (name, _), elements in self._elements.items():
             maps[name].update(elements)
-        return State(counters, maps)
+        return State(maps)
 
     def selected(self, key: str) -> list[PodInfo]:
         number = self.numbers.get(key)
         return [self.pods[u] for u in sorted(self._targets.get(number, set()))] if number else []
+
+    def attribution(self, name: str, key: Key) -> str | None:
+        """The value of element key of map name, as last flushed."""
+        group = key[:1] if name in BY_BLOCK.values() else key
+        return self._elements.get((name, group), {}).get(key)
 
     def policy_of_number(self) -> dict[int, str]:
         return {n: k for k, n in self.numbers.items()}
 
     # ---------------------------------------------------------- policies
 
-    def _counters_of(self, number: int, policy: Policy | None) -> set[str]:
-        if policy is None:
-            return set()
-        out = set()
-        for direction, rules in (("in", policy.ingress), ("eg", policy.egress)):
-            if rules is not None:
-                out |= {allowed_counter(number, direction), dropped_counter(number, direction)}
-        return out
-
-    def _assign_number(self, key: str, policy: Policy) -> int:
+    def _assign_number(self, key: str) -> int:
         number = self._free_numbers.pop() if self._free_numbers else self._next_number
         if number == self._next_number:
             self._next_number += 1
         self.numbers[key] = number
-        self._sync_counters(number, None, policy)
         return number
 
-    def _release_number(self, key: str, number: int, old: Policy | None) -> None:
-        self._sync_counters(number, old, None)
+    def _release_number(self, key: str, number: int) -> None:
         del self.numbers[key]
         self.policies.pop(key, None)
         self._by_number.pop(number, None)
         self._free_numbers.append(number)
-
-    def _sync_counters(self, number: int, old: Policy | None, new: Policy | None) -> None:
-        before, after = self._counters_of(number, old), self._counters_of(number, new)
-        for name in after - before:
-            if name in self._counters_removed:
-                self._counters_removed.discard(name)
-            else:
-                self._counters_added.add(name)
-        for name in before - after:
-            if name in self._counters_added:
-                self._counters_added.discard(name)
-            else:
-                self._counters_removed.add(name)
 
     def _slots(self, number: int, policy: Policy) -> Iterator[tuple[Slot, PodPeer]]:
         for direction, rules in (("in", policy.ingress), ("eg", policy.egress)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pinet.hostnet.command import KernelError
@@ -24,7 +24,6 @@ TABLE = policy_rules.TABLE
 class _Space:
     nft: Nft
     synced: bool = False  # the table holds what this agent last wrote
-    counters: dict[str, int] = field(default_factory=dict)
 
 
 def _protocol(name: str) -> str:
@@ -56,8 +55,12 @@ def _key(value: Any) -> Key:
     return (_part(value),)
 
 
-def parse(objects: list[dict[str, Any]]) -> tuple[list[str], State, dict[str, int]]:
-    """Markers, the state and the counters' packets of a listed table."""
+Counted = dict[tuple[str, Key], int]  # (set, element key) -> packets
+
+
+def parse(objects: list[dict[str, Any]]) -> tuple[list[str], State, Counted]:
+    """Markers, the state (sets' elements valued "") and the packets each
+    set element counted, of a listed table."""
     markers, state, packets = [], State(), {}
     for obj in objects:
         if "chain" in obj and is_base_marker(str(obj["chain"].get("name", ""))):
@@ -65,15 +68,18 @@ def parse(objects: list[dict[str, Any]]) -> tuple[list[str], State, dict[str, in
         elif "map" in obj:
             body = obj["map"]
             items = state.maps.setdefault(body["name"], {})
-            for element in body.get("elem", []):
-                key, value = element
-                if isinstance(key, dict) and "elem" in key:
-                    key = key["elem"]["val"]
+            for key, value in body.get("elem", []):
                 items[_key(key)] = str(value)
-        elif "counter" in obj:
-            body = obj["counter"]
-            state.counters.add(body["name"])
-            packets[body["name"]] = int(body.get("packets", 0))
+        elif "set" in obj:
+            body = obj["set"]
+            items = state.maps.setdefault(policy_rules.unsharded(body["name"]), {})
+            for element in body.get("elem", []):
+                if isinstance(element, dict) and "elem" in element:  # with its counter
+                    key = _key(element["elem"]["val"])
+                    packets[(body["name"], key)] = int(element["elem"].get("counter", {}).get("packets", 0))
+                else:
+                    key = _key(element)
+                items[key] = ""
     return markers, state, packets
 
 
@@ -85,7 +91,7 @@ class PolicyTables:
     def ensure(self, netns: str, want: State) -> list[str]:
         """Reads the table back and makes it hold want."""
         space = self._spaces.get(netns)
-        markers, have, space.counters = parse(space.nft.list_json(f"table {TABLE}"))
+        markers, have, _ = parse(space.nft.list_json(f"table {TABLE}"))
         if markers != [self._base.marker]:
             reset = f"add table {TABLE}\ndelete table {TABLE}\n"
             self._run(space, reset + self._base.script + policy_rules.fill_script(want))
@@ -137,12 +143,14 @@ class PolicyTables:
     def forget(self, netns: str) -> None:
         self._spaces.forget(netns)
 
-    def read_counters(self) -> dict[str, dict[str, int]]:
-        """Packets counted per counter, per router namespace."""
+    def read_counters(self) -> dict[str, Counted]:
+        """Packets each counting element counted, per router namespace."""
         out = {}
         for netns, space in self._spaces.items():
             try:
-                objects = space.nft.list_json(f"counters table {TABLE}")
+                objects = []
+                for name in policy_rules.COUNTING:
+                    objects += space.nft.list_json(f"set {TABLE} {name}")
             except KernelError:
                 continue
             out[netns] = parse(objects)[2]

@@ -244,7 +244,7 @@ def test_changes_one_at_a_time_end_where_a_fresh_start_does(seed: int) -> None:
     pods: dict[str, PodInfo] = {}
     policies: dict[str, policy_pb2.NetworkPolicy] = {}
     ns_labels: dict[str, dict[str, str]] = {}
-    applied = State(set(), {})
+    applied = State({})
     for _step in range(60):
         roll = rng.random()
         if roll < 0.35:
@@ -282,7 +282,6 @@ def test_changes_one_at_a_time_end_where_a_fresh_start_does(seed: int) -> None:
         got, want, pods
     )
     assert {k: v for k, v in applied.maps.items() if v} == {k: v for k, v in got.maps.items() if v}
-    assert applied.counters == got.counters
 
 
 def _same_decisions(a: State, b: State, pods: dict[str, PodInfo]) -> bool:
@@ -300,7 +299,6 @@ def _apply(state: State, changes: object) -> None:
     from services.netagent.policy_engine import Changes
 
     assert isinstance(changes, Changes)
-    state.counters |= changes.add_counters
     for name, keys in changes.remove.items():
         for key in keys:
             assert key in state.maps.get(name, {}), f"{name}: removing {key}, which is not there"
@@ -309,7 +307,6 @@ def _apply(state: State, changes: object) -> None:
         for key, value in items.items():
             assert key not in state.maps.get(name, {}), f"{name}: adding {key} twice"
             state.maps.setdefault(name, {})[key] = value
-    state.counters -= changes.remove_counters
 
 
 def test_segments_are_disjoint_and_keep_the_lowest_value() -> None:
