@@ -61,6 +61,12 @@ async def start_service(
     return proc, address
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The value below which a fraction q of values lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 @dataclass
 class Rate:
     ops: int
@@ -74,8 +80,7 @@ class Rate:
     def pct(self, q: float) -> float:
         if not self.latencies:
             return 0.0
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return percentile(self.latencies, q) * 1000
 
     def summary(self) -> str:
         return f"{self.per_second:9.0f}/s  p50 {self.pct(0.5):6.2f} ms  p99 {self.pct(0.99):6.2f} ms"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from bench.common import start_service, throwaway_etcd
+from bench.common import percentile, start_service, throwaway_etcd
 from pinet.api.netagent.v1 import netagent_pb2, netagent_pb2_grpc
 from pinet.api.network.v1 import network_pb2, network_pb2_grpc, objects_pb2
 from pinet.devstack.hosts import SimulatedHosts
@@ -99,11 +99,6 @@ def ip(*args: str, check: bool = True) -> None:
 
 def in_netns(netns: str, script: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", script])
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def wait_ready(api: Api, md: tuple[tuple[str, str], ...], name: str) -> str:
@@ -221,11 +216,11 @@ async def main(rounds: int, connects: int, seconds: float, attaches: int) -> Non
         rows = [
             ("connect p50 (µs)", statistics.median(on.connect_us), statistics.median(off.connect_us), False,
              on.round_connect, off.round_connect),
-            ("connect p99 (µs)", pct(on.connect_us, 0.99), pct(off.connect_us, 0.99), False, [], []),
+            ("connect p99 (µs)", percentile(on.connect_us, 0.99), percentile(off.connect_us, 0.99), False, [], []),
             ("requests/s (median of rounds)", statistics.median(on.rr), statistics.median(off.rr), True, on.rr,
              off.rr),
             ("attach p50 (ms)", statistics.median(on.attach_ms), statistics.median(off.attach_ms), False, [], []),
-            ("attach p99 (ms)", pct(on.attach_ms, 0.99), pct(off.attach_ms, 0.99), False, [], []),
+            ("attach p99 (ms)", percentile(on.attach_ms, 0.99), percentile(off.attach_ms, 0.99), False, [], []),
         ]  # fmt: skip
         for label, a, b, higher_is_better, per_on, per_off in rows:
             # Every ratio reads "how the fenced platform does": above 1 is better.

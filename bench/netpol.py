@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
+from bench.common import percentile
 from pinet.api.network.v1 import policy_pb2
 from pinet.hostnet.netns import entered
 from pinet.hostnet.nft import Nft
@@ -51,11 +52,6 @@ while True:
 
 def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # ------------------------------------------------------------- the tenant
@@ -264,10 +260,10 @@ def run_size(count: int, connects: int, changes: int) -> dict[str, str]:
             "elements": f"{elements}",
             "program": f"{program * 1000:.0f} ms ({computed * 1000:.0f} computing)",
             "ref_program": f"{ref_program * 1000:.0f} ms",
-            "policy": f"{pct(policy_change, 0.5) * 1000:.2f} / {pct(policy_change, 0.99) * 1000:.2f} ms",
-            "label": f"{pct(label_change, 0.5) * 1000:.2f} / {pct(label_change, 0.99) * 1000:.2f} ms",
+            "policy": f"{percentile(policy_change, 0.5) * 1000:.2f} / {percentile(policy_change, 0.99) * 1000:.2f} ms",
+            "label": f"{percentile(label_change, 0.5) * 1000:.2f} / {percentile(label_change, 0.99) * 1000:.2f} ms",
             "connect": " / ".join(f"{statistics.median(r.connect_us):.0f}" for r in (none, mine, ref)),
-            "connect99": " / ".join(f"{pct(r.connect_us, 0.99):.0f}" for r in (none, mine, ref)),
+            "connect99": " / ".join(f"{percentile(r.connect_us, 0.99):.0f}" for r in (none, mine, ref)),
             "ratio": " / ".join(
                 f"{statistics.median(r.connect_us) / statistics.median(none.connect_us):.2f}x" for r in (mine, ref)
             ),

@@ -118,16 +118,16 @@ class Agent:
                     self.reconciler.enqueue(Guard(key))
                 ticks += 1
                 if ticks % COUNTER_EVERY == 0:
-                    self._export_counters(await self.kernel_thread.call(self.kernel.refresh_counters))
                     tenants = {r.netns: r.tenant for r in self.wanted().routers.values()}
+                    self._export_counters(await self.kernel_thread.call(self.kernel.refresh_counters), tenants)
                     self.policies.export(await self.kernel_thread.call(self.kernel.policies.read_counters), tenants)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("guard check failed: %s", exc)
 
-    def _export_counters(self, counters: dict[str, dict[str, int]]) -> None:
-        tenants = {r.netns: r.tenant for r in self.wanted().routers.values()}
+    def _export_counters(self, counters: dict[str, dict[str, int]], tenants: dict[str, str]) -> None:
+        """tenants: router namespace -> its tenant."""
         for key, values in counters.items():
             for path, packets in values.items():
                 reason = DROP_REASONS.get(path.rsplit(" ", 1)[-1])
@@ -260,9 +260,10 @@ class Agent:
             self.detaching.pop(uid, None)
             return changes
         router = want.routers[wiring.vni]
-        created = router.netns not in await self.kernel_thread.call(self.kernel.owned_netns)
+        fenced = self.policies.engines.get(router.tenant) is not None
+        created = fenced and router.netns not in await self.kernel_thread.call(self.kernel.owned_netns)
         changes = await self.kernel_thread.call(self.kernel.ensure_router_for_pod, router, want.host_sets())
-        if self.policies.engines.get(router.tenant) is not None:
+        if fenced:
             # A pod is wired only behind its policies.
             await self._sync_policies(router, full=created)
         changes += await self.kernel_thread.call(self.kernel.pods.ensure, wiring, router.netns)

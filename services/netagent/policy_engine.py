@@ -1,20 +1,20 @@
-"""A tenant's network policies as nftables map elements, kept up to date
-one change at a time (pure logic; policy_rules.py lays out the tables).
+"""A tenant's network policies as nftables set elements, kept up to date
+one change at a time (pure logic; policy_rules.py lays out the table).
 
 Pods are grouped into identities: pods of one namespace with the same
 labels and named ports are indistinguishable to every policy, so a rule's
 peers are a set of identity numbers, and the router's lookup is
 
-    source pod -> identity      (np-ids: address -> mark)
-    target . peer identity . protocol . port  -> allowed (np-*-pods)
-    target . peer address  . protocol . port  -> allowed (np-*-blocks)
+    peer pod -> identity        (np-ids: address -> mark)
+    target . peer identity [. protocol [. port]]   allowed (np-*-pods-*)
+    target . peer address . protocol . port        allowed (np-*-blocks)
 
-one hash and one interval lookup per new connection whatever the number of
-policies. Every element is reference-counted by the policies that produce
-it, so the union of policies is what the maps hold and a change adds and
-removes only the elements whose count crosses zero. An element's value
-names the lowest-numbered policy producing it and the verdict: what the
-element's own counter counts is reported for that policy.
+a handful of lookups per new connection whatever the number of policies.
+Every element is reference-counted by the policies that produce it, so the
+union of policies is what the sets hold and a change adds and removes only
+the elements whose count crosses zero. An element's value (kept here, not
+in the kernel) names the lowest-numbered policy producing it and the
+verdict: what the element's own counter counts is reported for that policy.
 
 What a change costs: a pod added or removed, its elements with the policies
 selecting it as a target or as a peer (found through a label index, not by
@@ -142,8 +142,8 @@ class AnchorIndex(Generic[T]):
 
 @dataclass
 class Changes:
-    """What to do to the router's policy table: remove elements, then add
-    elements (a key in both changes its value)."""
+    """What changed in the engine's maps: elements removed, then added (a
+    key in both changed its value)."""
 
     add: dict[str, dict[Key, str]] = field(default_factory=dict)
     remove: dict[str, set[Key]] = field(default_factory=dict)
@@ -279,10 +279,6 @@ class TenantPolicies:
         for (name, _), elements in self._elements.items():
             maps[name].update(elements)
         return State(maps)
-
-    def selected(self, key: str) -> list[PodInfo]:
-        number = self.numbers.get(key)
-        return [self.pods[u] for u in sorted(self._targets.get(number, set()))] if number else []
 
     def attribution(self, name: str, key: Key) -> str | None:
         """The value of element key of map name, as last flushed."""

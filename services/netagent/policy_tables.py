@@ -121,11 +121,6 @@ class PolicyTables:
             space.synced = False
             raise
 
-    def unsync(self) -> None:
-        """The next change of every table reads it back first."""
-        for _, space in self._spaces.items():
-            space.synced = False
-
     def remove(self, netns: str) -> list[str]:
         space = self._spaces.peek(netns)
         if space is None:
