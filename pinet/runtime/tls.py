@@ -146,11 +146,23 @@ class Tls:
         require_client_certificate a caller without a certificate of the
         cluster CA is refused in the handshake."""
 
+        # The version this server was last given, not whether this look
+        # found the change: the client side (refresh, channel_credentials)
+        # may have taken the new files first, and the server must follow.
+        with self._lock:
+            served, initial = self.version, self._server_config()
+
         def fetch() -> Any:
-            return self._server_config() if self._reload_if_changed() else None
+            nonlocal served
+            self._reload_if_changed()
+            with self._lock:
+                if self.version == served:
+                    return None
+                served = self.version
+                return self._server_config()
 
         return grpc.dynamic_ssl_server_credentials(
-            self._server_config(), fetch, require_client_authentication=require_client_certificate
+            initial, fetch, require_client_authentication=require_client_certificate
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import ssl
 import tempfile
 from pathlib import Path
 
 import grpc
+from cryptography import x509
 
 from pinet.devstack.etcd import EtcdServer
 from pinet.etcd import rbac
@@ -70,3 +73,20 @@ async def grant(endpoint: str, identity: Identity) -> None:
     async with server.client() as etcd:
         await rbac.apply(etcd, [identity])
     _granted.add((endpoint, identity))
+
+
+def serial_served(address: str, directory: Path | None = None, identity: Identity = ADMIN) -> int:
+    """The serial number of the certificate a new TLS connection to the
+    gRPC server at address is shown (the directory's CA; the test PKI's
+    by default)."""
+    directory = directory or pki()
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(directory / "ca.crt"))
+    context.check_hostname = False
+    stem = directory / identity.file_stem
+    context.load_cert_chain(f"{stem}.crt", f"{stem}.key")
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw) as conn:
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)

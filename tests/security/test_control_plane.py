@@ -193,22 +193,9 @@ async def test_etcd_refuses_strangers_and_writes_outside_a_role(cloud: Cloud, et
             await dns.put(PODS.key("default", "default", "x"), b"forged")
 
 
-def serial_served(address: str) -> int:
-    host, port = address.rsplit(":", 1)
-    context = ssl.create_default_context(cafile=str(tls.pki() / "ca.crt"))
-    context.check_hostname = False
-    admin = tls.pki() / "admin"
-    context.load_cert_chain(f"{admin}.crt", f"{admin}.key")
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw) as conn:
-        der = conn.getpeercert(binary_form=True)
-    assert der is not None
-    return int(x509.load_der_x509_certificate(der).serial_number)
-
-
 async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud, etcd_server: EtcdServer) -> None:
     tenant = await cloud.tenant("rotation")
-    before = await asyncio.to_thread(serial_served, cloud.ipam.address)
+    before = await asyncio.to_thread(tls.serial_served, cloud.ipam.address)
     failures: list[BaseException] = []
     calls = 0
     stop = asyncio.Event()
@@ -239,7 +226,7 @@ async def test_rotating_certificates_under_load_breaks_no_call(cloud: Cloud, etc
     finally:
         stop.set()
         await asyncio.gather(*workers)
-    after = await asyncio.to_thread(serial_served, cloud.ipam.address)
+    after = await asyncio.to_thread(tls.serial_served, cloud.ipam.address)
     assert after != before, "the ipam serves its new certificate without a restart"
     assert calls > 20 and not failures, f"{len(failures)} of {calls} calls failed: {failures[:3]}"
     for proc in services(cloud):
