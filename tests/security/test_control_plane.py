@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
-import socket
-import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,7 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pinet.api.ipam.v1 import ipam_pb2, ipam_pb2_grpc
