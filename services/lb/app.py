@@ -5,6 +5,8 @@ backend from backends/), and its API (servicer.py)."""
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import errno
 import logging
 
 from pinet.api.lb.v1 import lb_pb2_grpc
@@ -21,19 +23,37 @@ from services.lb.servicer import LbServicer
 log = logging.getLogger(__name__)
 
 
-def ipvs_available() -> bool:
-    try:
-        from pyroute2 import IPVS
+def ipvs_missing() -> str:
+    """Why this kernel's IPVS cannot be used ("" when it can): the answer of
+    a real request, asked from a thread of its own because pyroute2's
+    synchronous sockets run an event loop of their own, which cannot start
+    inside the service's running one."""
 
-        IPVS().close()
-        return True
-    except Exception:
-        return False
+    def ask() -> str:
+        try:
+            from pyroute2 import IPVS
+
+            sock = IPVS()
+            try:
+                sock.service("dump")
+            finally:
+                sock.close()
+        except Exception as exc:  # any failure means: not this backend
+            if getattr(exc, "code", None) == errno.ENOENT:
+                return "no IPVS generic netlink family: the kernel has no ip_vs module"
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return ""
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipvs-probe") as pool:
+        return pool.submit(ask).result(timeout=30)
 
 
 def make_backend(choice: str) -> Backend:
     if choice == "auto":
-        choice = "ipvs" if ipvs_available() else "nftables"
+        missing = ipvs_missing()
+        if missing:
+            log.info("--backend auto: the kernel has no usable IPVS (%s); using nftables", missing)
+        choice = "nftables" if missing else "ipvs"
     if choice == "ipvs":
         from services.lb.backends.ipvs import IpvsBackend  # imports pyroute2's IPVS only where wanted
 

@@ -159,3 +159,12 @@ def test_removed_server_drains_and_a_restart_changes_nothing(lab: object) -> Non
         assert int(out.split()[1]) > 20, out
     finally:
         echo.kill()
+
+
+async def test_auto_chooses_ipvs_from_inside_the_running_loop() -> None:
+    """As the lb starts: inside its event loop (pyroute2's synchronous
+    socket cannot run its own loop there; asking from that loop used to
+    make auto pick nftables on every kernel)."""
+    from services.lb.app import make_backend
+
+    assert make_backend("auto").kind == "ipvs"
